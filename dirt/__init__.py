@@ -1,0 +1,3 @@
+"""dirt: a CouchDB-backed test farm."""
+
+__version__ = "0.1.0"

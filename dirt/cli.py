@@ -1,0 +1,423 @@
+"""dirt: a CouchDB-backed test farm.
+
+Usage:
+  dirt create <path> [--db=<name>] [--couch=<url>] [options]
+  dirt couch (start|stop|status|url) [options]
+  dirt hosts add <name> [--platform=<p>] [--local] [--ssh=<dest>] [--port=<n>] [--key=<file>] [--python=<exe>] [--slots=<n>] [--label=<l>]... [options]
+  dirt hosts list [--json] [options]
+  dirt hosts (remove|enable|disable) <name> [options]
+  dirt tasks [--json] [options]
+  dirt submit <record> [<task>...] [--file=<path>] [--meta=<kv>]... [--description=<text>] [--submitter=<who>] [--wait] [options]
+  dirt status [<record>] [--json] [--limit=<n>] [options]
+  dirt cancel <record> [<task>] [options]
+  dirt rerun <record> [<task>] [options]
+  dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [options]
+  dirt web [--host=<h>] [--port=<n>] [options]
+  dirt (-h | --help)
+  dirt --version
+
+Commands:
+  create    Make a project folder (dirt.toml, tasks/, README) and its database.
+  couch     The embedded CouchDB-compatible server: start, stop, status, or print its URL.
+  hosts     Register, list, remove, enable and disable execution hosts.
+  tasks     The registered task modules of the project, with their platforms.
+  submit    Create a record with its tasks (task or task@platform, or --file).
+  status    Records with counts by state; one record's tasks with state, host, reason.
+  cancel    Cancel a record's pending and running tasks (or one task).
+  rerun     Make a record's ended tasks (or one task) pending again.
+  serve     Run the master: claim pending tasks and run them on the hosts.
+  web       Serve the results web page.
+
+Options:
+  --project=<dir>   The project folder (default: $DIRT_PROJECT, else this folder or a parent).
+  -v --verbose      Log more (debug level).
+  -h --help         Show this help (`dirt <command> --help` for one command).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from typing import Any
+
+from docopt import DocoptExit, docopt
+
+from dirt import __version__, client, embedded
+from dirt.documents import State
+from dirt.errors import DirtError, InvalidHost, InvalidRecord
+from dirt.settings import Settings, load
+
+HELP = {
+    "create": """Usage: dirt create <path> [--db=<name>] [--couch=<url>]
+
+Make a new project folder: dirt.toml (database URL and name, master settings), tasks/ with
+example task modules (echo, sleep, shell, pytest_run) and a README; then create the database
+and push the design document. Refuses a folder that exists and is not empty.
+
+  --db=<name>     The database name [default: dirt].
+  --couch=<url>   A CouchDB server (http://user:pass@host:5984). Without it the project uses
+                  the embedded server, started on demand, with its data under .dirt/couch.
+""",
+    "couch": """Usage: dirt couch (start|stop|status|url)
+
+The embedded CouchDB-compatible server (PouchDB Server, installed once with npm). Its data
+lives under the project's .dirt/couch, or under $DIRT_HOME/couch outside a project. With
+DIRT_COUCHDB_URL or couchdb.url in dirt.toml, dirt uses that server and never starts its own:
+`url` prints it (without credentials) and start/stop say so.
+""",
+    "hosts": """Usage:
+  dirt hosts add <name> --platform=<p> (--local | --ssh=<user@host>) [--port=<n>]
+                 [--key=<file>] [--python=<exe>] [--slots=<n>] [--label=<l>]...
+  dirt hosts list [--json]
+  dirt hosts (remove|enable|disable) <name>
+
+A host runs tasks of its platform. --local runs them on this machine (an execnet popen
+gateway); --ssh runs them over SSH (only Python is needed there). --slots is how many tasks it
+runs at once (default: its CPU count); --label adds labels that tasks can require.
+""",
+    "tasks": """Usage: dirt tasks [--json]
+
+The task modules in the project's tasks/ folder, with their PLATFORMS and TIMEOUT.
+""",
+    "submit": """Usage: dirt submit <record> [<task>...] [--file=<path>] [--meta=<k=v>]...
+                   [--description=<text>] [--submitter=<who>] [--wait]
+
+Create the record <record> and one task per task name and platform. `name@platform` picks a
+platform; a bare name runs on the module's PLATFORMS, else on every registered platform.
+--file reads the record from JSON or YAML (description, submitter, meta, tasks with args and
+requires; see docs/records.md). --wait shows progress until every task has ended and exits
+0 when all passed, 1 when some failed, 2 when some ended in error, unschedulable or
+cancelled. Nothing is written when anything is wrong.
+""",
+    "status": """Usage: dirt status [<record>] [--json] [--limit=<n>]
+
+Without <record>: the newest records with their counts by state. With it: the record's tasks
+with state, host, duration, attempts and reason. --json prints the documented JSON shape
+(docs/cli.md). --limit is how many records [default: 20].
+""",
+    "cancel": """Usage: dirt cancel <record> [<task>]
+
+Cancel the record's pending and running tasks, or one task (name or name@platform). A running
+task's process is ended on its host.
+""",
+    "rerun": """Usage: dirt rerun <record> [<task>]
+
+Make the record's ended tasks (or one task) pending again; their earlier attempts are kept.
+""",
+    "serve": """Usage: dirt serve [--drain] [--platform=<p>]... [--hosts=<names>]
+
+Run the master: follow the database, claim pending tasks, run them on the hosts, write the
+results. SIGTERM or Ctrl-C stops taking tasks and lets running ones finish for grace_seconds;
+a second one stops at once (unfinished tasks go back to pending).
+
+  --drain              Exit 0 once nothing is pending or running.
+  --platform=<p>       Only tasks and hosts of this platform (repeatable).
+  --hosts=<names>      Only these hosts (comma-separated), to share a farm between masters.
+""",
+    "web": """Usage: dirt web [--host=<h>] [--port=<n>]
+
+Serve the results web page (defaults from dirt.toml [web]).
+""",
+}
+
+log = logging.getLogger("dirt.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in HELP and ("-h" in argv or "--help" in argv):
+        print(HELP[argv[0]].rstrip())
+        return 0
+    try:
+        args = docopt(__doc__, argv=argv, version=f"dirt {__version__}")
+    except DocoptExit as exc:
+        print(str(exc).strip(), file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args["--verbose"] else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not args["--verbose"]:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    try:
+        return dispatch(args)
+    except DirtError as exc:
+        print(f"dirt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(args: dict[str, Any]) -> int:
+    if args["create"]:
+        return cmd_create(args)
+    settings = load(args["--project"])
+    for name in ("couch", "hosts", "tasks", "submit", "status", "cancel", "rerun", "serve",
+                 "web"):
+        if args[name]:
+            return COMMANDS[name](args, settings)
+    raise AssertionError("docopt let through an unknown command")
+
+
+def needs_project(settings: Settings) -> None:
+    if settings.project is None:
+        raise DirtError(
+            "not in a dirt project (no dirt.toml here or above): "
+            "run `dirt create <path>`, cd into a project, or pass --project"
+        )
+
+
+def cmd_create(args: dict[str, Any]) -> int:
+    from dirt import scaffold
+
+    settings = scaffold.create(args["<path>"], args["--db"] or "dirt", args["--couch"])
+    couch_url = embedded.server_url(settings, start_server=False)
+    print(f"created project {settings.project} (database {settings.database} at "
+          f"{client.safe_url(couch_url)})")
+    print(f"next: cd {settings.project} && dirt hosts add local --platform=linux --local")
+    return 0
+
+
+def cmd_couch(args: dict[str, Any], settings: Settings) -> int:
+    if settings.couch_url:
+        url = client.safe_url(settings.couch_url)
+        if args["url"]:
+            print(url)
+        elif args["status"]:
+            client.Couch(settings.couch_url, settings.database).ping()
+            print(f"configured server {url}: answering")
+        else:
+            print(f"dirt uses the configured server {url}; it does not start or stop it")
+        return 0
+    if args["start"]:
+        status = embedded.start(settings)
+        print(f"embedded server running at {status.url} (pid {status.pid}, data "
+              f"{status.data_dir})")
+        print("stop it with: dirt couch stop")
+    elif args["stop"]:
+        print("embedded server stopped" if embedded.stop(settings) else "it was not running")
+    elif args["status"]:
+        status = embedded.status(settings)
+        if status.running:
+            print(f"running at {status.url} (pid {status.pid}, data {status.data_dir})")
+        else:
+            print(f"not running (data {status.data_dir})")
+            return 1
+    else:
+        status = embedded.status(settings)
+        if not status.running:
+            raise DirtError("the embedded server is not running: dirt couch start")
+        print(status.url)
+    return 0
+
+
+def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    name = args["<name>"]
+    if args["add"]:
+        try:
+            slots = int(args["--slots"]) if args["--slots"] else None
+            port = int(args["--port"]) if args["--port"] else None
+        except ValueError:
+            raise InvalidHost(f"host {name}: --slots and --port take whole numbers") from None
+        doc = client.add_host(
+            couch, name, single(args["--platform"], "--platform"), local=args["--local"],
+            ssh=args["--ssh"],
+            port=port, key=args["--key"], python=args["--python"], slots=slots,
+            labels=args["--label"],
+        )
+        print(f"host {doc['name']} added ({doc['platform']}, "
+              f"{'local' if doc['local'] is not None else doc['ssh']['destination']})")
+    elif args["list"]:
+        hosts = client.list_hosts(couch)
+        if args["--json"]:
+            print(json.dumps([host_json(h) for h in hosts], indent=2))
+        else:
+            print(table(
+                ["name", "platform", "where", "slots", "labels", "enabled", "alive", "reason"],
+                [[h["name"], h["platform"], where(h), h.get("slots") or "cpus",
+                  ",".join(h.get("labels") or []), yes(h.get("enabled")), yes(h.get("alive")),
+                  h.get("reason") or ""] for h in hosts],
+            ))
+    elif args["remove"]:
+        client.remove_host(couch, name)
+        print(f"host {name} removed")
+    else:
+        doc = client.enable_host(couch, name, bool(args["enable"]))
+        print(f"host {name} {'enabled' if doc['enabled'] else 'disabled'}")
+    return 0
+
+
+def single(values: list[str], option: str) -> str:
+    """An option that docopt collects as a list (it is repeatable for another command)."""
+    if len(values) > 1:
+        raise DirtError(f"{option} is given {len(values)} times; give it once")
+    return values[0] if values else ""
+
+
+def host_json(doc: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "platform", "labels", "slots", "enabled", "alive", "last_seen", "reason",
+            "facts", "ssh", "local")
+    return {k: doc.get(k) for k in keys}
+
+
+def where(host: dict[str, Any]) -> str:
+    if host.get("local") is not None:
+        return "local"
+    ssh = host.get("ssh") or {}
+    return ssh.get("destination", "") + (f":{ssh['port']}" if ssh.get("port") else "")
+
+
+def yes(value: Any) -> str:
+    return {True: "yes", False: "no"}.get(value, "?")
+
+
+def cmd_tasks(args: dict[str, Any], settings: Settings) -> int:
+    needs_project(settings)
+    modules = client.Registry(settings.tasks_dir).all()
+    if args["--json"]:
+        print(json.dumps([{"name": m.name, "platforms": m.platforms, "timeout": m.timeout,
+                           "doc": m.doc} for m in modules], indent=2))
+        return 0
+    print(table(["task", "platforms", "timeout", "what"],
+                [[m.name, ",".join(m.platforms) if m.platforms else "any",
+                  f"{m.timeout:g} s" if m.timeout else "default", m.doc] for m in modules]))
+    return 0
+
+
+def parse_meta(pairs: list[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRecord(f"--meta takes key=value, not {pair!r}")
+        meta[key] = value
+    return meta
+
+
+def cmd_submit(args: dict[str, Any], settings: Settings) -> int:
+    needs_project(settings)
+    spec: dict[str, Any] = {}
+    if args["--file"]:
+        spec = client.load_record_file(args["--file"])
+    meta = {**(spec.get("meta") or {}), **parse_meta(args["--meta"])}
+    tasks = [*(spec.get("tasks") or []), *args["<task>"]]
+    couch = client.connect(settings=settings)
+    record, docs = client.submit(
+        couch,
+        client.Registry(settings.tasks_dir),
+        args["<record>"],
+        tasks,
+        description=args["--description"] or spec.get("description") or "",
+        submitter=args["--submitter"] or spec.get("submitter") or getpass.getuser(),
+        meta=meta,
+    )
+    print(f"record {record['name']}: {len(docs)} tasks submitted "
+          f"({', '.join(d['name'] + '@' + d['platform'] for d in docs)})")
+    if not args["--wait"]:
+        return 0
+    status = client.wait(couch, record["name"], on_progress=print_progress)
+    print(status_table(status))
+    return client.exit_code(status)
+
+
+def print_progress(status: dict[str, Any]) -> None:
+    record = status["record"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].items()))
+    print(f"{record['name']}: {counts}", flush=True)
+
+
+def cmd_status(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    if args["<record>"]:
+        status = client.record_status(couch, args["<record>"])
+        print(json.dumps(status, indent=2) if args["--json"] else status_table(status))
+        return 0
+    try:
+        limit = int(args["--limit"] or 20)
+    except ValueError:
+        raise DirtError("--limit takes a whole number") from None
+    records = client.list_records(couch, limit=limit)
+    if args["--json"]:
+        print(json.dumps({"records": records}, indent=2))
+        return 0
+    states = [s.value for s in State]
+    print(table(["record", "created", "state", "tasks", *states],
+                [[r["name"], r["created"][:19].replace("T", " "), r["state"], r["total"],
+                  *[r["counts"].get(s, "") for s in states]] for r in records]))
+    return 0
+
+
+def status_table(status: dict[str, Any]) -> str:
+    record = status["record"]
+    head = f"record {record['name']}: {record['state']} ({record['total']} tasks)"
+    rows = [[t["name"], t["platform"], t["state"], t.get("host") or "",
+             f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
+             t.get("attempts") or 0, (t.get("reason") or "")[:70]] for t in status["tasks"]]
+    return head + "\n" + table(
+        ["task", "platform", "state", "host", "duration", "attempts", "reason"], rows)
+
+
+def cmd_cancel(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    count = client.cancel(couch, args["<record>"], args["<task>"])
+    print(f"record {args['<record>']}: {count} tasks cancelled")
+    return 0
+
+
+def cmd_rerun(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    count = client.rerun(couch, args["<record>"], args["<task>"])
+    print(f"record {args['<record>']}: {count} tasks pending again")
+    return 0
+
+
+def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
+    from dirt.master import Master
+
+    needs_project(settings)
+    couch = client.connect(settings=settings)
+    hosts = [h for h in (args["--hosts"] or "").split(",") if h]
+    master = Master(couch, settings, platforms=args["--platform"] or None,
+                    host_names=hosts or None)
+    return master.run(drain=args["--drain"])
+
+
+def cmd_web(args: dict[str, Any], settings: Settings) -> int:
+    from dirt.web import create_app
+
+    couch = client.connect(settings=settings)
+    host = args["--host"] or settings.web.host
+    port = int(args["--port"] or settings.web.port)
+    app = create_app(settings, couch)
+    print(f"dirt web page at http://{host}:{port}/", flush=True)
+    app.run(host=host, port=port, threaded=True)
+    return 0
+
+
+COMMANDS = {
+    "couch": cmd_couch,
+    "hosts": cmd_hosts,
+    "tasks": cmd_tasks,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "cancel": cmd_cancel,
+    "rerun": cmd_rerun,
+    "serve": cmd_serve,
+    "web": cmd_web,
+}
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines) if rows else lines[0] + "\n(none)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

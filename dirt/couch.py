@@ -1,0 +1,289 @@
+"""The CouchDB client: one requests session, errors mapped to dirt's, and the changes feed.
+
+Only the documented CouchDB 3.x HTTP API is used, so Apache CouchDB and PouchDB Server both work.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+from dirt.errors import (
+    Conflict,
+    DatabaseError,
+    DatabaseUnavailable,
+    Forbidden,
+    NotFound,
+)
+
+log = logging.getLogger("dirt.couch")
+
+TIMEOUT = (5.0, 60.0)  # connect, read
+
+
+def safe_url(url: str) -> str:
+    """`url` without its user name and password, for messages and pages."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+def _quote_id(doc_id: str) -> str:
+    if doc_id.startswith("_design/"):
+        return "_design/" + quote(doc_id[8:], safe="")
+    if doc_id.startswith("_local/"):
+        return "_local/" + quote(doc_id[7:], safe="")
+    return quote(doc_id, safe="")
+
+
+class Couch:
+    """One database on one CouchDB server."""
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        self.db_url = f"{self.url}/{quote(database, safe='')}"
+        self.session = requests.Session()
+        self.session.headers["Accept"] = "application/json"
+
+    def __repr__(self) -> str:
+        return f"Couch({safe_url(self.db_url)!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, server: bool = False, **kwargs: Any) -> Any:
+        """One HTTP request; JSON answer, or a DirtError naming what went wrong."""
+        base = self.url if server else self.db_url
+        url = f"{base}/{path}" if path else base
+        kwargs.setdefault("timeout", TIMEOUT)
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.RequestException as exc:
+            raise DatabaseUnavailable(
+                f"CouchDB at {safe_url(self.url)} does not answer ({type(exc).__name__})"
+            ) from None
+        if kwargs.get("stream"):
+            self._raise_for(response, path)
+            return response
+        self._raise_for(response, path)
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def _raise_for(self, response: requests.Response, path: str) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.reason, "reason": response.text[:200]}
+        error, reason = body.get("error", ""), body.get("reason", "")
+        where = f"{safe_url(self.db_url)}/{path}".rstrip("/")
+        message = f"{where}: {error}: {reason}" if reason else f"{where}: {error}"
+        status = response.status_code
+        if status == 409:
+            raise Conflict(message, status, reason)
+        if status == 404:
+            raise NotFound(message, status, reason)
+        if status in (401, 403):
+            raise Forbidden(message, status, reason)
+        if status >= 500:
+            raise DatabaseUnavailable(f"CouchDB at {safe_url(self.url)} failed: {message}")
+        raise DatabaseError(message, status, reason)
+
+    # -- server and database ------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """The server's welcome document; DatabaseUnavailable when it does not answer."""
+        return self.request("GET", "", server=True, timeout=(3.0, 10.0))
+
+    def exists(self) -> bool:
+        try:
+            self.request("GET", "")
+        except NotFound:
+            return False
+        return True
+
+    def create(self) -> bool:
+        """Create the database; False when it already exists."""
+        try:
+            self.request("PUT", "")
+        except DatabaseError as exc:
+            if exc.status == 412:
+                return False
+            raise
+        return True
+
+    def drop(self) -> None:
+        self.request("DELETE", "")
+
+    def info(self) -> dict[str, Any]:
+        return self.request("GET", "")
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def get(self, doc_id: str, **params: Any) -> dict[str, Any]:
+        return self.request("GET", _quote_id(doc_id), params=_encode(params))
+
+    def get_or_none(self, doc_id: str) -> dict[str, Any] | None:
+        try:
+            return self.get(doc_id)
+        except NotFound:
+            return None
+
+    def put(self, doc: dict[str, Any]) -> str:
+        """Write `doc` with the `_rev` it carries and set its new `_rev`.
+
+        This is how work is claimed: a write with a stale `_rev` raises Conflict, which means
+        somebody else (another master, a user cancelling) wrote the document first.
+        """
+        answer = self.request("PUT", _quote_id(doc["_id"]), json=doc)
+        doc["_rev"] = answer["rev"]
+        return answer["rev"]
+
+    def delete(self, doc_id: str, rev: str) -> None:
+        self.request("DELETE", _quote_id(doc_id), params={"rev": rev})
+
+    def bulk_docs(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write many documents at once; one answer per document, in order.
+
+        Each write is checked on its own `_rev` (no all_or_nothing): an answer with
+        `"error": "conflict"` is a lost claim, exactly as a 409 from `put`. Successful writes
+        get their new `_rev` set on the document passed in.
+        """
+        if not docs:
+            return []
+        answers = self.request("POST", "_bulk_docs", json={"docs": docs})
+        for doc, answer in zip(docs, answers, strict=True):
+            if "rev" in answer and "error" not in answer:
+                doc["_rev"] = answer["rev"]
+        return answers
+
+    def all_docs(self, **params: Any) -> list[dict[str, Any]]:
+        return self.request("GET", "_all_docs", params=_encode(params))["rows"]
+
+    def docs_by_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        """Every document whose id starts with `prefix`, in id order."""
+        rows = self.all_docs(startkey=prefix, endkey=prefix + "\ufff0", include_docs=True)
+        return [row["doc"] for row in rows if row.get("doc")]
+
+    def view(self, design: str, name: str, **params: Any) -> dict[str, Any]:
+        """Query a view; `keys` goes in the body, other parameters are JSON-encoded."""
+        path = f"_design/{design}/_view/{name}"
+        keys = params.pop("keys", None)
+        if keys is not None:
+            return self.request("POST", path, params=_encode(params), json={"keys": keys})
+        return self.request("GET", path, params=_encode(params))
+
+    def put_attachment(
+        self, doc_id: str, rev: str, name: str, body: bytes, content_type: str
+    ) -> str:
+        answer = self.request(
+            "PUT",
+            f"{_quote_id(doc_id)}/{quote(name, safe='')}",
+            params={"rev": rev},
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+        return answer["rev"]
+
+    def get_attachment(self, doc_id: str, name: str) -> bytes:
+        response = self.request(
+            "GET", f"{_quote_id(doc_id)}/{quote(name, safe='')}", stream=True
+        )
+        return response.content
+
+    # -- _local documents (checkpoints) -------------------------------------------------------
+
+    def get_local(self, name: str) -> dict[str, Any] | None:
+        return self.get_or_none(f"_local/{name}")
+
+    def put_local(self, name: str, body: dict[str, Any]) -> None:
+        current = self.get_local(name) or {}
+        doc = {**body, "_id": f"_local/{name}"}
+        if "_rev" in current:
+            doc["_rev"] = current["_rev"]
+        self.put(doc)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def changes(self, since: str | int = 0, **params: Any) -> dict[str, Any]:
+        """One batch of the changes feed (feed=normal): `results` and `last_seq`."""
+        return self.request(
+            "GET",
+            "_changes",
+            params=_encode({"since": since, **params}),
+            headers={"Accept-Encoding": "identity"},
+        )
+
+    def follow(
+        self, since: str | int = "now", heartbeat_ms: int = 5000, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The continuous changes feed, one change at a time, until the connection breaks.
+
+        Sends `Accept-Encoding: identity` (a compressed feed is buffered and never arrives)
+        and relies on heartbeats plus a read deadline, since `timeout=` is not honoured by
+        every server. Raises DatabaseUnavailable when the server goes away.
+        """
+        query = {"feed": "continuous", "since": since, "heartbeat": heartbeat_ms, **params}
+        response = self.request(
+            "GET",
+            "_changes",
+            params=_encode(query),
+            headers={"Accept-Encoding": "identity"},
+            stream=True,
+            timeout=(5.0, heartbeat_ms / 1000 * 3),
+        )
+        try:
+            for line in response.iter_lines(chunk_size=1):
+                if not line.strip():
+                    continue
+                change = json.loads(line)
+                yield change
+        except (requests.RequestException, ValueError) as exc:
+            raise DatabaseUnavailable(
+                f"CouchDB at {safe_url(self.url)}: changes feed broke ({type(exc).__name__})"
+            ) from None
+        finally:
+            response.close()
+
+
+def _encode(params: dict[str, Any]) -> dict[str, str]:
+    """CouchDB wants JSON for keys and booleans in the query string."""
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key in ("since", "feed", "filter", "style", "stale", "update", "rev", "heartbeat"):
+            out[key] = str(value)
+        else:
+            out[key] = json.dumps(value)
+    return out
+
+
+def inline_attachment(body: bytes, content_type: str) -> dict[str, str]:
+    """An attachment written inside the document itself (atomic with the document)."""
+    return {"content_type": content_type, "data": base64.b64encode(body).decode("ascii")}
+
+
+def wait_until_up(couch: Couch, deadline: float) -> None:
+    """Wait for the server to answer, up to `deadline` (time.monotonic)."""
+    while True:
+        try:
+            couch.ping()
+            return
+        except DatabaseUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

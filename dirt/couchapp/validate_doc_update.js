@@ -1,0 +1,47 @@
+function (newDoc, oldDoc, userCtx, secObj) {
+  // dirt's document shapes, checked for every writer (dirt/documents.py builds them).
+  if (newDoc._deleted || newDoc._id.indexOf('_design/') === 0) {
+    return;
+  }
+  function need(ok, message) {
+    if (!ok) {
+      throw({forbidden: newDoc._id + ': ' + message});
+    }
+  }
+  function isString(v) { return typeof v === 'string' && v.length > 0; }
+  var name = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+  var states = ['pending', 'running', 'success', 'failed', 'error', 'unschedulable', 'cancelled'];
+  need(isString(newDoc.type), 'a document needs a type');
+  if (oldDoc && !oldDoc._deleted) {
+    need(oldDoc.type === newDoc.type, 'the type of a document cannot change');
+  }
+  if (newDoc.type === 'record') {
+    need(isString(newDoc.name) && name.test(newDoc.name), 'invalid record name');
+    need(newDoc._id === 'record:' + newDoc.name, 'a record id is record:<name>');
+    need(isString(newDoc.created), 'a record needs created');
+    need(typeof newDoc.meta === 'object' && newDoc.meta !== null && !Array.isArray(newDoc.meta),
+         'record meta must be an object');
+  } else if (newDoc.type === 'task') {
+    need(isString(newDoc.record) && isString(newDoc.name) && isString(newDoc.platform),
+         'a task needs record, name and platform');
+    need(newDoc._id === 'task:' + newDoc.record + ':' + newDoc.name + ':' + newDoc.platform,
+         'a task id is task:<record>:<name>:<platform>');
+    need(states.indexOf(newDoc.state) >= 0, 'invalid task state ' + JSON.stringify(newDoc.state));
+    need(Array.isArray(newDoc.attempts), 'task attempts must be a list');
+    need(Array.isArray(newDoc.requires), 'task requires must be a list');
+    need(typeof newDoc.args === 'object' && newDoc.args !== null && !Array.isArray(newDoc.args),
+         'task args must be an object');
+    if (newDoc.state === 'running') {
+      need(isString(newDoc.host), 'a running task needs a host');
+    }
+  } else if (newDoc.type === 'host') {
+    need(isString(newDoc.name) && name.test(newDoc.name), 'invalid host name');
+    need(newDoc._id === 'host:' + newDoc.name, 'a host id is host:<name>');
+    need(isString(newDoc.platform), 'a host needs a platform');
+    need(newDoc.slots === null || newDoc.slots === undefined ||
+         (typeof newDoc.slots === 'number' && newDoc.slots >= 1), 'host slots must be >= 1');
+    need((newDoc.ssh === null) !== (newDoc.local === null), 'a host is either ssh or local');
+  } else {
+    need(false, 'unknown document type ' + JSON.stringify(newDoc.type));
+  }
+}

@@ -1,0 +1,5 @@
+function (doc) {
+  if (doc.type === 'task') {
+    emit(doc.state, 1);
+  }
+}

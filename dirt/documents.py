@@ -1,0 +1,239 @@
+"""The shapes of dirt's documents (record, task, host), the task state machine, and summaries.
+
+Every part of dirt (CLI, master, web) builds and reads documents through this module; the
+CouchApp's validate_doc_update checks the same shapes on the server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from dirt.errors import InvalidHost, InvalidRecord
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class State(str, Enum):
+    """The life of a task: pending -> running -> success | failed | error."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"  # the code under test failed
+    ERROR = "error"  # dirt or the task itself crashed, timed out, or ran out of attempts
+    UNSCHEDULABLE = "unschedulable"  # no host can ever run it (reason says why)
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL = frozenset({State.SUCCESS, State.FAILED, State.ERROR, State.UNSCHEDULABLE, State.CANCELLED})
+ACTIVE = frozenset({State.PENDING, State.RUNNING})
+# The order in which a record's overall state is decided: the first present wins.
+OVERALL_ORDER = [
+    State.RUNNING,
+    State.PENDING,
+    State.ERROR,
+    State.FAILED,
+    State.UNSCHEDULABLE,
+    State.CANCELLED,
+    State.SUCCESS,
+]
+
+
+def now_iso(ts: float | None = None) -> str:
+    moment = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- ids ----------------------------------------------------------------------------------------
+
+
+def record_id(name: str) -> str:
+    return f"record:{name}"
+
+
+def task_id(record: str, task: str, platform: str) -> str:
+    return f"task:{record}:{task}:{platform}"
+
+
+def host_id(name: str) -> str:
+    return f"host:{name}"
+
+
+# -- records and tasks --------------------------------------------------------------------------
+
+
+def check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidRecord(
+            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-' (max 128)"
+        )
+    return name
+
+
+def parse_task_spec(spec: str) -> tuple[str, str | None]:
+    """`name` or `name@platform`."""
+    name, _, platform = spec.partition("@")
+    check_name("task", name)
+    if platform:
+        check_name("platform", platform)
+    return name, platform or None
+
+
+def new_record(
+    name: str,
+    *,
+    description: str = "",
+    submitter: str = "",
+    meta: dict[str, Any] | None = None,
+    created: str | None = None,
+) -> dict[str, Any]:
+    check_name("record", name)
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidRecord("record meta must be a mapping of names to values")
+    return {
+        "_id": record_id(name),
+        "type": "record",
+        "name": name,
+        "created": created or now_iso(),
+        "description": str(description or ""),
+        "submitter": str(submitter or ""),
+        "meta": dict(meta or {}),
+    }
+
+
+def new_task(
+    record: dict[str, Any],
+    name: str,
+    platform: str,
+    order: int,
+    *,
+    args: dict[str, Any] | None = None,
+    requires: list[str] | None = None,
+) -> dict[str, Any]:
+    check_name("task", name)
+    check_name("platform", platform)
+    if args is not None and not isinstance(args, dict):
+        raise InvalidRecord(f"task {name}: args must be a mapping")
+    return {
+        "_id": task_id(record["name"], name, platform),
+        "type": "task",
+        "record": record["name"],
+        "record_created": record["created"],
+        "order": order,
+        "name": name,
+        "platform": platform,
+        "requires": list(requires or []),
+        "args": dict(args or {}),
+        "state": State.PENDING.value,
+        "attempts": [],
+        "host": None,
+        "lease_until": None,
+        "created": record["created"],
+        "started": None,
+        "ended": None,
+        "duration": None,
+        "reason": "",
+        "result": None,
+        "history": [{"state": State.PENDING.value, "at": record["created"]}],
+    }
+
+
+def set_state(task: dict[str, Any], state: State, reason: str = "", at: str | None = None) -> None:
+    """Move a task document to `state`, keeping a timestamped trail of every change."""
+    at = at or now_iso()
+    task["state"] = state.value
+    task["reason"] = reason
+    task.setdefault("history", []).append({"state": state.value, "at": at, "reason": reason})
+
+
+def reset_task(task: dict[str, Any]) -> None:
+    """Make a task pending again for a re-run, keeping its earlier attempts."""
+    for key in ("host", "lease_until", "started", "ended", "duration", "result"):
+        task[key] = None
+    set_state(task, State.PENDING, "re-run requested")
+
+
+# -- hosts --------------------------------------------------------------------------------------
+
+
+def new_host(
+    name: str,
+    platform: str,
+    *,
+    local: bool = False,
+    ssh: str | None = None,
+    port: int | None = None,
+    key: str | None = None,
+    python: str | None = None,
+    slots: int | None = None,
+    labels: Iterable[str] = (),
+) -> dict[str, Any]:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidHost(f"invalid host name {name!r}: use letters, digits, '.', '_' and '-'")
+    if not platform:
+        raise InvalidHost(f"host {name}: a platform is required (--platform=<p>)")
+    if not NAME_RE.match(platform):
+        raise InvalidHost(f"host {name}: invalid platform {platform!r}")
+    if local == bool(ssh):
+        raise InvalidHost(f"host {name}: give exactly one of --local and --ssh=<user@host>")
+    if ssh and not re.match(r"^([A-Za-z0-9._-]+@)?[A-Za-z0-9._:-]+$", ssh):
+        raise InvalidHost(f"host {name}: invalid --ssh destination {ssh!r}, want user@host")
+    if slots is not None and slots < 1:
+        raise InvalidHost(f"host {name}: --slots must be at least 1")
+    if port is not None and not 0 < port < 65536:
+        raise InvalidHost(f"host {name}: --port must be between 1 and 65535")
+    for label in labels:
+        if not LABEL_RE.match(label):
+            raise InvalidHost(f"host {name}: invalid label {label!r}")
+    return {
+        "_id": host_id(name),
+        "type": "host",
+        "name": name,
+        "platform": platform,
+        "labels": sorted(set(labels)),
+        "ssh": None
+        if local
+        else {"destination": ssh, "port": port, "key": key, "python": python or "python3"},
+        "local": {"python": python} if local else None,
+        "slots": slots,
+        "enabled": True,
+        "alive": None,
+        "last_seen": None,
+        "reason": "",
+        "facts": {},
+        "created": now_iso(),
+    }
+
+
+def host_slots(host: dict[str, Any]) -> int:
+    """How many tasks a host runs at once: its `slots`, else its CPU count, else 1."""
+    return int(host.get("slots") or (host.get("facts") or {}).get("cpus") or 1)
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+
+def overall_state(counts: dict[str, int]) -> str:
+    """A record's state from its tasks' counts by state."""
+    for state in OVERALL_ORDER:
+        if counts.get(state.value):
+            return state.value
+    return "empty"
+
+
+def summarize(states: Iterable[str]) -> dict[str, Any]:
+    counts = Counter(states)
+    return {"counts": dict(counts), "total": sum(counts.values()), "state": overall_state(counts)}

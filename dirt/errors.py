@@ -1,0 +1,58 @@
+"""The errors a user can act on. The CLI prints their message on one line and exits non-zero."""
+
+
+class DirtError(Exception):
+    """Root of every error dirt raises on purpose."""
+
+
+class ConfigError(DirtError, ValueError):
+    """A setting, a config file or a project folder is wrong."""
+
+
+class NotAProject(ConfigError):
+    """The folder is not a dirt project (no dirt.toml)."""
+
+
+class DatabaseUnavailable(DirtError, ConnectionError):
+    """The CouchDB server does not answer (the URL is named, never its credentials)."""
+
+
+class DatabaseError(DirtError):
+    """The CouchDB server answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class Conflict(DatabaseError):
+    """A write with a stale _rev: somebody else wrote the document first."""
+
+
+class NotFound(DatabaseError):
+    """No such document or database."""
+
+
+class Forbidden(DatabaseError):
+    """The validate_doc_update function or the server's security refused a write."""
+
+
+class InvalidRecord(DirtError, ValueError):
+    """A submitted record is malformed or already exists."""
+
+
+class UnknownTask(InvalidRecord):
+    """A record names a task that is not registered in the project's tasks/ folder."""
+
+
+class InvalidHost(DirtError, ValueError):
+    """A host specification is malformed or names an unknown host."""
+
+
+class HostUnreachable(DirtError):
+    """A host cannot be reached over SSH (or its Python cannot be started)."""
+
+
+class EmbeddedServerError(DirtError):
+    """The embedded CouchDB-compatible server cannot be installed or started."""

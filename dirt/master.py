@@ -1,0 +1,843 @@
+"""The master: follows the database, claims pending tasks by `_rev`, runs them on hosts.
+
+    start: push design doc; load hosts; load pending/running tasks (views); open gateways
+    loop:  read changes -> update queue and hosts
+           expire leases (host lost, timeout) -> requeue or error
+           for each free slot on a live host: claim the oldest pending task that fits
+           dispatch claimed tasks on their host's gateway
+           as results come back: write result, log, attachments (retrying on a DB outage)
+
+CouchDB is the only state: everything the master holds in memory can be rebuilt from the
+database, so it may be killed at any moment. Only the loop thread writes documents; gateway,
+changes and health threads talk to it through one event queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import execnet
+
+from dirt import couchapp
+from dirt.couch import Couch, inline_attachment
+from dirt.documents import (
+    ACTIVE,
+    FINAL,
+    State,
+    host_slots,
+    now_iso,
+    set_state,
+)
+from dirt.errors import Conflict, DatabaseError, DatabaseUnavailable, DirtError, HostUnreachable
+from dirt.remote import Gateway, Job, gateway_spec
+from dirt.scheduler import HostView, PendingTask, assign, unschedulable_reason
+from dirt.settings import Settings
+from dirt.tasks import Registry
+
+log = logging.getLogger("dirt.master")
+
+ENDINGS = ("result", "error", "timeout", "lost")
+MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
+
+
+def rev_gen(doc: dict[str, Any]) -> int:
+    rev = doc.get("_rev") or "0-"
+    return int(rev.split("-", 1)[0])
+
+
+class LogBuffer:
+    """A task's log, bounded: the first `head` bytes and the last bytes up to `limit`."""
+
+    def __init__(self, limit: int, head: int = 64 * 1024) -> None:
+        self.limit = max(limit, 1024)
+        self.head_limit = min(head, self.limit // 2)
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.tail_size = 0
+        self.dropped = 0
+        self.dirty = False
+
+    def add(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "replace")
+        self.dirty = True
+        if len(self.head) < self.head_limit:
+            self.head += data
+            return
+        self.tail.append(data)
+        self.tail_size += len(data)
+        while self.tail_size > self.limit - self.head_limit and self.tail:
+            gone = self.tail.popleft()
+            self.tail_size -= len(gone)
+            self.dropped += len(gone)
+
+    def render(self) -> bytes:
+        note = b""
+        if self.dropped:
+            note = f"\n[dirt: {self.dropped} bytes of log omitted here]\n\n".encode()
+        return bytes(self.head) + note + b"".join(self.tail)
+
+
+@dataclass
+class Run:
+    """One task this master is running on a host."""
+
+    task_id: str
+    host: str
+    attempt: int
+    timeout: float
+    log: LogBuffer
+    started: float  # time.monotonic()
+    channel: Any = None
+    pid: int | None = None
+    artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    artifact_bytes: int = 0
+    last_write: float = 0.0
+    fenced: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task_id, self.attempt)
+
+
+@dataclass
+class HostState:
+    doc: dict[str, Any]
+    gateway: Gateway | None = None
+    checking: bool = False
+    next_check: float = 0.0
+
+
+class Master:
+    """One master process over one database."""
+
+    def __init__(
+        self,
+        couch: Couch,
+        settings: Settings,
+        registry: Registry | None = None,
+        *,
+        platforms: list[str] | None = None,
+        host_names: list[str] | None = None,
+    ) -> None:
+        self.couch = couch
+        self.settings = settings
+        self.config = settings.master
+        self.registry = registry or Registry(settings.tasks_dir)
+        self.platforms = set(platforms) if platforms else None
+        self.host_names = set(host_names) if host_names else None
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.events: queue.Queue = queue.Queue()
+        self.group = execnet.Group()
+        self.tasks: dict[str, dict[str, Any]] = {}  # active task documents, latest known rev
+        self.hosts: dict[str, HostState] = {}
+        self.runs: dict[str, Run] = {}
+        self.dirty: set[str] = set()  # task ids whose document must be written
+        self.stale: set[str] = set()  # lost a claim: wait for the newer rev from the feed
+        self.dirty_hosts: set[str] = set()
+        self.write_backoff = 0.0
+        self.next_write = 0.0
+        self.seq: str | int = 0
+        self.checkpointed: str | int | None = None
+        self.next_checkpoint = 0.0
+        self.stop_requested = threading.Event()
+        self.force_stop = threading.Event()
+        self.stop_deadline: float | None = None
+        self.feed_stop = threading.Event()
+        self.feed_thread: threading.Thread | None = None
+        self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
+
+    # -- start ----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_name(self) -> str:
+        scope = ",".join(sorted(self.platforms or [])) + "/" + ",".join(
+            sorted(self.host_names or [])
+        )
+        return "dirt-master-" + (scope.strip("/,") or "all").replace("/", "-")
+
+    def start(self) -> None:
+        """Push the design document, load hosts and active tasks, follow the changes feed."""
+        couchapp.push(self.couch)
+        checkpoint = self.couch.get_local(self.checkpoint_name) or {}
+        self.seq = checkpoint.get("seq") or self.couch.info()["update_seq"]
+        for doc in self.couch.docs_by_prefix("host:"):
+            self.update_host(doc)
+        for state in (State.PENDING, State.RUNNING):
+            rows = self.couch.view(
+                "dirt",
+                "tasks_by_state",
+                startkey=[state.value],
+                endkey=[state.value, {}],
+                include_docs=True,
+                reduce=False,
+            )["rows"]
+            for row in rows:
+                self.update_task(row["doc"])
+        log.info(
+            "master %s: %d hosts, %d active tasks, following changes since %s",
+            self.id, len(self.hosts), len(self.tasks), str(self.seq)[:20],
+        )
+        self.feed_thread = threading.Thread(target=self.follow_changes, daemon=True)
+        self.feed_thread.start()
+
+    def in_scope(self, task: dict[str, Any]) -> bool:
+        return self.platforms is None or task.get("platform") in self.platforms
+
+    def manages(self, host: dict[str, Any]) -> bool:
+        if self.host_names is not None and host["name"] not in self.host_names:
+            return False
+        return self.platforms is None or host.get("platform") in self.platforms
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def loop_once(self, now: float | None = None, wait: float | None = None) -> None:
+        """One pass of the loop; `now` (time.time()) lets tests move the clock."""
+        self.read_events(self.config.tick_seconds if wait is None else wait)
+        now = time.time() if now is None else now
+        self.check_hosts(now)
+        self.expire_leases(now)
+        self.mark_unschedulable()
+        if not self.stop_requested.is_set():
+            self.dispatch(self.claim(now), now)
+        self.renew_runs(now)
+        self.write_results(now)
+        self.save_checkpoint(now)
+
+    def run(self, drain: bool = False) -> int:
+        """Drive loop_once until stopped (or, with drain, until nothing is left to do)."""
+        self.install_signal_handlers()
+        try:
+            self.start_with_retry()
+            while True:
+                self.loop_once()
+                if self.force_stop.is_set():
+                    self.release_all("master stopped at once")
+                    break
+                if self.stop_requested.is_set():
+                    if not self.runs or time.time() > (self.stop_deadline or 0):
+                        self.release_all("master stopped before the task ended")
+                        break
+                if drain and self.idle():
+                    break
+            self.flush_writes()
+        finally:
+            self.teardown()
+        return 0
+
+    def start_with_retry(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.start()
+                return
+            except DatabaseUnavailable as exc:
+                if self.stop_requested.is_set():
+                    raise
+                log.warning("master: %s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def idle(self) -> bool:
+        """Nothing pending or running in this master's scope, and nothing left to write."""
+        active = [t for t in self.tasks.values() if t["state"] in ACTIVE and self.in_scope(t)]
+        return not active and not self.runs and not self.dirty and not self.dirty_hosts
+
+    # -- signals --------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """First signal: a warm stop (no new tasks, a grace period). Second: stop at once."""
+        self.stop_requested.set()
+        self.stop_deadline = time.time() + self.config.grace_seconds
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        signal.signal(signal.SIGINT, self.request_force_stop)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        self.force_stop.set()
+
+    # -- changes and events ---------------------------------------------------------------
+
+    def follow_changes(self) -> None:
+        """Thread: the continuous changes feed into the event queue, resumed after outages."""
+        delay = 0.5
+        while not self.feed_stop.is_set():
+            try:
+                for change in self.couch.follow(since=self.seq, include_docs=True):
+                    delay = 0.5
+                    if "last_seq" in change:
+                        break
+                    self.events.put(("change", change))
+                    if self.feed_stop.is_set():
+                        return
+            except DirtError as exc:
+                log.warning("master: changes feed: %s; retrying in %.1f s", exc, delay)
+                self.feed_stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def read_events(self, wait: float) -> None:
+        """Apply every queued event; wait up to `wait` seconds for the first."""
+        try:
+            event = self.events.get(timeout=wait) if wait > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self.apply_event(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def apply_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "change":
+            change = event[1]
+            self.seq = change.get("seq", self.seq)
+            doc = change.get("doc")
+            if doc is None or change.get("deleted"):
+                self.forget(change["id"])
+            elif doc.get("type") == "task":
+                self.update_task(doc)
+            elif doc.get("type") == "host":
+                self.update_host(doc)
+        elif kind == "host":
+            self.host_checked(event[1], event[2], event[3])
+        else:
+            key, message = event
+            self.task_message(key, message)
+
+    def forget(self, doc_id: str) -> None:
+        self.tasks.pop(doc_id, None)
+        if doc_id.startswith("host:"):
+            name = doc_id[5:]
+            state = self.hosts.pop(name, None)
+            if state and state.gateway:
+                state.gateway.close()
+
+    def update_task(self, doc: dict[str, Any]) -> None:
+        """A task document from the feed or a view: keep it if it is newer than ours."""
+        task_id = doc["_id"]
+        known = self.tasks.get(task_id)
+        if known is not None and rev_gen(known) >= rev_gen(doc):
+            return
+        self.stale.discard(task_id)
+        run = self.runs.get(task_id)
+        if run and not self.still_ours(doc, run):
+            self.fence(run, f"task changed elsewhere: now {doc['state']}")
+        if doc["state"] in ACTIVE or task_id in self.runs:
+            self.tasks[task_id] = doc
+        else:
+            self.tasks.pop(task_id, None)
+            self.dirty.discard(task_id)
+
+    def still_ours(self, doc: dict[str, Any], run: Run) -> bool:
+        attempts = doc.get("attempts") or []
+        return (
+            doc.get("state") == State.RUNNING.value
+            and len(attempts) == run.attempt
+            and attempts[-1].get("master") == self.id
+        )
+
+    def update_host(self, doc: dict[str, Any]) -> None:
+        name = doc["name"]
+        state = self.hosts.get(name)
+        if state is None:
+            self.hosts[name] = HostState(doc=doc)
+            return
+        if rev_gen(state.doc) >= rev_gen(doc):
+            return
+        old_spec = gateway_spec(state.doc)
+        state.doc = doc
+        if state.gateway and (not doc.get("enabled") or gateway_spec(doc) != old_spec):
+            if not any(run.host == name for run in self.runs.values()):
+                state.gateway.close()
+                state.gateway = None
+        if doc.get("enabled") and doc.get("alive") is not True:
+            state.next_check = 0.0
+
+    # -- host health ----------------------------------------------------------------------
+
+    def check_hosts(self, now: float) -> None:
+        """Start a health check (in a thread) for each host whose check is due."""
+        for name, state in self.hosts.items():
+            doc = state.doc
+            if not self.manages(doc) or not doc.get("enabled") or state.checking:
+                continue
+            if now < state.next_check:
+                continue
+            state.checking = True
+            if state.gateway is None:
+                state.gateway = Gateway(name, self.spec_for(doc), self.group)
+            threading.Thread(
+                target=self._check_host, args=(name, state.gateway), daemon=True
+            ).start()
+
+    def spec_for(self, doc: dict[str, Any]) -> str:
+        return gateway_spec(doc, self.settings.state_dir / "known_hosts")
+
+    def _check_host(self, name: str, gateway: Gateway) -> None:
+        try:
+            facts = gateway.facts()
+            self.events.put(("host", name, facts, None))
+        except HostUnreachable as exc:
+            self.events.put(("host", name, None, str(exc)))
+
+    def host_checked(self, name: str, facts: dict | None, error: str | None) -> None:
+        state = self.hosts.get(name)
+        if state is None:
+            return
+        state.checking = False
+        state.next_check = time.time() + self.config.health_interval
+        doc = state.doc
+        was_alive = doc.get("alive")
+        if facts is not None:
+            if was_alive is not True:
+                log.info("host %s: alive (%s, Python %s)", name, facts["os"], facts["python"])
+            changed = doc.get("alive") is not True or doc.get("facts") != facts
+            doc.update(alive=True, reason="", facts=facts)
+            last = doc.get("last_seen_ts") or 0
+            if changed or time.time() - last > max(60.0, self.config.health_interval * 6):
+                doc["last_seen"] = now_iso()
+                doc["last_seen_ts"] = time.time()
+                self.dirty_hosts.add(name)
+            return
+        log.warning("host %s: not alive: %s", name, error)
+        if was_alive is not False or doc.get("reason") != error:
+            doc.update(alive=False, reason=error)
+            self.dirty_hosts.add(name)
+        self.host_lost(name, error or "host does not answer")
+
+    def host_lost(self, name: str, reason: str) -> None:
+        """A host stopped answering: end its gateway and every attempt running there."""
+        state = self.hosts.get(name)
+        if state and state.gateway:
+            state.gateway.kill()
+        for run in [r for r in self.runs.values() if r.host == name]:
+            self.finish(run, "lost", reason)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def expire_leases(self, now: float) -> None:
+        """Running tasks nobody renews (a master died) are lost attempts; ours past their
+        deadline (the host hangs) are ended."""
+        for task_id, doc in list(self.tasks.items()):
+            if doc["state"] != State.RUNNING.value or task_id in self.runs:
+                continue
+            if not self.in_scope(doc) or task_id in self.stale:
+                continue
+            if (doc.get("lease_until") or 0) < now:
+                self.end_attempt(doc, "lost", "lease expired: the master running it stopped")
+        for run in list(self.runs.values()):
+            if time.monotonic() - run.started > run.timeout + 30:
+                self.fence(run, "no answer from the host after the timeout")
+                self.finish(run, "timeout", f"timeout after {run.timeout:g} s (host did not end it)")
+
+    def end_attempt(self, doc: dict[str, Any], outcome: str, reason: str) -> None:
+        """Close the last attempt of `doc` and requeue it, or end it `error` when it has
+        used up its attempts."""
+        at = now_iso()
+        attempts = doc.setdefault("attempts", [])
+        if attempts and attempts[-1].get("ended") is None:
+            attempts[-1].update(ended=at, outcome=outcome, reason=reason)
+        doc["lease_until"] = None
+        lost = [a for a in attempts if a.get("outcome") == "lost"]
+        if outcome == "lost" and len(lost) >= self.config.max_attempts:
+            reasons = "; ".join(a.get("reason", "") for a in lost)
+            doc.update(ended=at)
+            set_state(doc, State.ERROR, f"lost {len(lost)} times: {reasons}", at)
+        elif outcome in ("lost", "released"):
+            doc.update(host=None, started=None)
+            set_state(doc, State.PENDING, f"requeued: {reason}", at)
+        self.dirty.add(doc["_id"])
+
+    # -- claiming and dispatching ---------------------------------------------------------
+
+    def host_views(self, managed_only: bool) -> list[HostView]:
+        busy: dict[str, int] = {}
+        for run in self.runs.values():
+            busy[run.host] = busy.get(run.host, 0) + 1
+        views = []
+        for name, state in self.hosts.items():
+            doc = state.doc
+            if managed_only and not self.manages(doc):
+                continue
+            views.append(
+                HostView(
+                    name=name,
+                    platform=doc["platform"],
+                    slots=host_slots(doc),
+                    labels=tuple(doc.get("labels") or ()),
+                    facts=doc.get("facts") or {},
+                    enabled=bool(doc.get("enabled")),
+                    alive=doc.get("alive") is True and state.gateway is not None,
+                    running=busy.get(name, 0),
+                )
+            )
+        return views
+
+    def pending(self) -> list[PendingTask]:
+        return [
+            PendingTask(
+                id=doc["_id"],
+                record_created=doc.get("record_created", ""),
+                record=doc["record"],
+                order=doc.get("order", 0),
+                name=doc["name"],
+                platform=doc["platform"],
+                requires=tuple(doc.get("requires") or ()),
+            )
+            for doc in self.tasks.values()
+            if doc["state"] == State.PENDING.value
+            and doc["_id"] not in self.stale
+            and doc["_id"] not in self.dirty
+            and self.in_scope(doc)
+        ]
+
+    def mark_unschedulable(self) -> None:
+        """Pending tasks that no host can ever run end `unschedulable`, with the reason."""
+        every_host = self.host_views(managed_only=False)
+        registered = set(self.registry.names())
+        for task in self.pending():
+            try:
+                reason = unschedulable_reason(task, every_host, task.name in registered)
+            except DirtError as exc:
+                reason = str(exc)
+            if reason:
+                doc = self.tasks[task.id]
+                doc["ended"] = now_iso()
+                set_state(doc, State.UNSCHEDULABLE, reason)
+                log.info("task %s: unschedulable: %s", task.id, reason)
+                self.dirty.add(task.id)
+
+    def claim(self, now: float) -> list[dict[str, Any]]:
+        """Claim tasks for free slots by writing them with the `_rev` read; a conflict means
+        another master (or a user) won, and the task is left alone."""
+        pairs = assign(self.pending(), self.host_views(managed_only=True))
+        if not pairs:
+            return []
+        at = now_iso(now)
+        claims = []
+        for task_id, host in pairs:
+            doc = dict(self.tasks[task_id])
+            doc["attempts"] = [*doc.get("attempts", []), {
+                "host": host, "master": self.id, "started": at, "ended": None,
+                "outcome": None, "reason": "",
+            }]
+            doc["history"] = list(doc.get("history", []))
+            doc.update(host=host, started=at, ended=None, duration=None,
+                       lease_until=now + self.config.lease_seconds)
+            set_state(doc, State.RUNNING, "", at)
+            claims.append(doc)
+        try:
+            answers = self.couch.bulk_docs(claims)
+        except DatabaseUnavailable as exc:
+            log.warning("master: cannot claim tasks: %s", exc)
+            return []
+        won = []
+        for doc, answer in zip(claims, answers, strict=True):
+            if answer.get("error"):
+                log.debug("task %s: claim lost (%s)", doc["_id"], answer["error"])
+                self.stale.add(doc["_id"])
+                continue
+            self.tasks[doc["_id"]] = doc
+            won.append(doc)
+        return won
+
+    def dispatch(self, claimed: list[dict[str, Any]], now: float) -> None:
+        """Start each claimed task on its host's gateway."""
+        for doc in claimed:
+            module = self.registry.find(doc["name"])
+            run = Run(
+                task_id=doc["_id"],
+                host=doc["host"],
+                attempt=len(doc["attempts"]),
+                timeout=(module.timeout if module and module.timeout else None)
+                or self.config.default_timeout,
+                log=LogBuffer(self.config.log_limit_bytes),
+                started=time.monotonic(),
+                last_write=now,
+            )
+            self.runs[run.task_id] = run
+            if module is None:
+                self.finish(run, "error", f"task {doc['name']!r} is no longer registered")
+                continue
+            gateway = self.hosts[doc["host"]].gateway
+            job = Job(
+                task_id=doc["_id"],
+                task=doc["name"],
+                platform=doc["platform"],
+                source=module.source,
+                record=self.record_of(doc),
+                args=doc.get("args") or {},
+                timeout=run.timeout,
+            )
+            try:
+                if gateway is None:
+                    raise HostUnreachable(f"host {doc['host']}: no gateway")
+                run.channel = gateway.start(job, self.events, run.key)
+            except HostUnreachable as exc:
+                self.finish(run, "lost", str(exc))
+                self.host_checked(doc["host"], None, str(exc))
+                continue
+            log.info("task %s: started on %s", doc["_id"], doc["host"])
+
+    def record_of(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The record document a task belongs to, as the task module sees it (cached: the
+        tasks of one record are dispatched together)."""
+        name = task["record"]
+        if name not in self.records:
+            try:
+                record = self.couch.get(f"record:{name}")
+            except DirtError:
+                return {"name": name}
+            if len(self.records) > 1000:
+                self.records.clear()
+            self.records[name] = {k: v for k, v in record.items() if not k.startswith("_")}
+        return self.records[name]
+
+    # -- results --------------------------------------------------------------------------
+
+    def task_message(self, key: tuple[str, int], message: tuple) -> None:
+        run = self.runs.get(key[0])
+        if run is None or run.key != key or run.fenced:
+            return  # a fenced attempt: what it says no longer counts
+        kind = message[0]
+        if kind == "started":
+            run.pid = message[1]
+        elif kind == "log":
+            run.log.add(message[1])
+        elif kind == "attach":
+            self.add_artifact(run, message[1], message[2], message[3])
+        elif kind in ENDINGS:
+            self.finish(run, kind, message[1])
+
+    def add_artifact(self, run: Run, name: str, b64: str, content_type: str) -> None:
+        data = base64.b64decode(b64)
+        if name == "log.txt" or run.artifact_bytes + len(data) > MAX_ARTIFACT_BYTES:
+            run.log.add(f"[dirt: artifact {name!r} refused: reserved name or over 16 MB total]")
+            return
+        run.artifacts[name] = (content_type, data)
+        run.artifact_bytes += len(data)
+
+    def finish(self, run: Run, kind: str, payload: Any) -> None:
+        """An attempt ended: turn what the host said into the task's outcome."""
+        self.runs.pop(run.task_id, None)
+        doc = self.tasks.get(run.task_id)
+        if doc is None or not self.still_ours(doc, run):
+            return
+        at = now_iso()
+        self.attach_outputs(doc, run)
+        if kind == "lost":
+            log.warning("task %s: attempt %d on %s lost: %s", run.task_id, run.attempt,
+                        run.host, payload)
+            self.end_attempt(doc, "lost", str(payload))
+            return
+        state, reason, result = outcome_of(kind, payload)
+        doc["attempts"][-1].update(ended=at, outcome=state.value, reason=reason)
+        doc.update(ended=at, lease_until=None, result=result,
+                   duration=round(time.monotonic() - run.started, 3))
+        set_state(doc, state, reason, at)
+        log.info("task %s: %s on %s%s", run.task_id, state.value, run.host,
+                 f": {reason}" if reason else "")
+        self.dirty.add(run.task_id)
+
+    def attach_outputs(self, doc: dict[str, Any], run: Run) -> None:
+        attachments = dict(doc.get("_attachments") or {})
+        attachments["log.txt"] = inline_attachment(run.log.render(), "text/plain; charset=utf-8")
+        for name, (content_type, data) in run.artifacts.items():
+            attachments[name] = inline_attachment(data, content_type)
+        doc["_attachments"] = attachments
+        run.log.dirty = False
+
+    def renew_runs(self, now: float) -> None:
+        """Renew the leases of running tasks, streaming their logs in the same write."""
+        renew_every = self.config.lease_seconds / 3
+        for run in self.runs.values():
+            doc = self.tasks.get(run.task_id)
+            if doc is None or run.task_id in self.dirty:
+                continue
+            due_log = run.log.dirty and now - run.last_write >= self.config.log_flush_seconds
+            if due_log or now - run.last_write >= renew_every:
+                doc["lease_until"] = now + self.config.lease_seconds
+                doc["attempts"][-1]["pid"] = run.pid
+                if run.log.dirty:
+                    doc["_attachments"] = dict(doc.get("_attachments") or {})
+                    doc["_attachments"]["log.txt"] = inline_attachment(
+                        run.log.render(), "text/plain; charset=utf-8"
+                    )
+                    run.log.dirty = False
+                run.last_write = now
+                self.dirty.add(run.task_id)
+
+    def write_results(self, now: float) -> None:
+        """Write every changed document in one _bulk_docs; on an outage keep them and retry
+        with backoff (nothing is dropped)."""
+        if time.monotonic() < self.next_write:
+            return
+        ids = sorted(self.dirty)
+        docs = [self.tasks[i] for i in ids if i in self.tasks]
+        host_docs = [self.hosts[n].doc for n in sorted(self.dirty_hosts) if n in self.hosts]
+        if not docs and not host_docs:
+            return
+        try:
+            answers = self.couch.bulk_docs(docs + host_docs)
+        except DatabaseUnavailable as exc:
+            self.write_backoff = min(max(self.write_backoff * 2, 0.5), 10.0)
+            self.next_write = time.monotonic() + self.write_backoff
+            log.warning("master: %d writes held: %s; retrying in %.1f s",
+                        len(docs) + len(host_docs), exc, self.write_backoff)
+            return
+        self.write_backoff = 0.0
+        for doc, answer in zip(docs, answers[: len(docs)], strict=True):
+            self.written(doc, answer)
+        for doc, answer in zip(host_docs, answers[len(docs):], strict=True):
+            self.dirty_hosts.discard(doc["name"])
+            if answer.get("error") == "conflict":
+                self.refresh_host(doc["name"])
+
+    def written(self, doc: dict[str, Any], answer: dict[str, Any]) -> None:
+        task_id = doc["_id"]
+        if not answer.get("error"):
+            self.dirty.discard(task_id)
+            for attachment in (doc.get("_attachments") or {}).values():
+                if "data" in attachment:
+                    attachment.pop("data")
+                    attachment["stub"] = True
+            if doc["state"] not in ACTIVE and task_id not in self.runs:
+                self.tasks.pop(task_id, None)
+            return
+        if answer["error"] != "conflict":
+            log.error("task %s: write refused: %s: %s", task_id, answer["error"],
+                      answer.get("reason"))
+            self.dirty.discard(task_id)
+            return
+        self.merge_conflict(doc)
+
+    def merge_conflict(self, mine: dict[str, Any]) -> None:
+        """Somebody else wrote a task we were writing: if it is still ours, write ours over
+        the new rev; if not (cancelled, taken over), fence our attempt and let theirs stand."""
+        task_id = mine["_id"]
+        try:
+            theirs = self.couch.get(task_id)
+        except DatabaseError:
+            return  # kept dirty: tried again on the next write
+        run = self.runs.get(task_id)
+        attempts = theirs.get("attempts") or []
+        ours = (
+            theirs.get("state") == State.RUNNING.value
+            and len(attempts) == len(mine.get("attempts") or [])
+            and attempts
+            and attempts[-1].get("master") == self.id
+        )
+        if ours:
+            mine["_rev"] = theirs["_rev"]
+            return  # stays dirty, written on the next pass
+        log.info("task %s: changed elsewhere (%s); our attempt is dropped", task_id,
+                 theirs.get("state"))
+        self.dirty.discard(task_id)
+        if run:
+            self.fence(run, f"task changed elsewhere: now {theirs.get('state')}")
+            self.runs.pop(task_id, None)
+        self.tasks.pop(task_id, None)
+        self.update_task(theirs)
+
+    def refresh_host(self, name: str) -> None:
+        try:
+            doc = self.couch.get(f"host:{name}")
+        except DatabaseError:
+            return
+        state = self.hosts.get(name)
+        if state:
+            keep = {k: state.doc.get(k) for k in ("alive", "reason", "facts", "last_seen")}
+            state.doc = {**doc, **keep}
+            self.dirty_hosts.add(name)
+
+    def fence(self, run: Run, reason: str) -> None:
+        """End an attempt's remote process; nothing it says afterwards counts."""
+        if run.fenced:
+            return
+        run.fenced = True
+        log.info("task %s: ending its process on %s: %s", run.task_id, run.host, reason)
+        try:
+            if run.channel is not None:
+                run.channel.send("kill")
+        except Exception:  # the channel is already gone: so is the process
+            pass
+
+    def release_all(self, reason: str) -> None:
+        """On shutdown: end what still runs and put it back to pending for another master."""
+        for run in list(self.runs.values()):
+            self.fence(run, reason)
+            self.runs.pop(run.task_id, None)
+            doc = self.tasks.get(run.task_id)
+            if doc is not None and self.still_ours(doc, run):
+                self.attach_outputs(doc, run)
+                self.end_attempt(doc, "released", reason)
+
+    def flush_writes(self, deadline: float = 30.0) -> None:
+        """Before exiting: write what is held, for a while if the database is down."""
+        end = time.monotonic() + deadline
+        while (self.dirty or self.dirty_hosts) and time.monotonic() < end:
+            self.next_write = 0.0
+            self.write_results(time.time())
+            if self.dirty or self.dirty_hosts:
+                time.sleep(0.5)
+
+    def save_checkpoint(self, now: float) -> None:
+        if now < self.next_checkpoint or self.seq == self.checkpointed:
+            return
+        self.next_checkpoint = now + 5.0
+        try:
+            self.couch.put_local(self.checkpoint_name, {"seq": self.seq, "master": self.id})
+            self.checkpointed = self.seq
+        except DirtError as exc:
+            log.debug("master: checkpoint not saved: %s", exc)
+
+    def teardown(self) -> None:
+        self.feed_stop.set()
+        for run in list(self.runs.values()):
+            self.fence(run, "master exiting")
+        for state in self.hosts.values():
+            if state.gateway:
+                state.gateway.close()
+        try:
+            self.group.terminate(timeout=2.0)
+        except Exception:
+            pass
+
+
+def outcome_of(kind: str, payload: Any) -> tuple[State, str, dict[str, Any]]:
+    """The state, reason and stored result for how an attempt ended."""
+    if kind == "timeout":
+        reason = f"timeout after {payload:g} s" if isinstance(payload, int | float) else payload
+        return State.ERROR, reason, {"success": False, "reason": reason}
+    if kind == "error":
+        text = str(payload).rstrip()
+        last = text.splitlines()[-1] if text else "task crashed"
+        return State.ERROR, last, {"success": False, "reason": last, "traceback": text}
+    if not isinstance(payload, dict) or not isinstance(payload.get("success"), bool):
+        reason = (
+            f"task returned {type(payload).__name__} {str(payload)[:80]!r}, "
+            "not a dict with a boolean 'success'"
+        )
+        return State.ERROR, reason, {"success": False, "reason": reason}
+    reason = str(payload.get("reason") or "")
+    return (State.SUCCESS if payload["success"] else State.FAILED), reason, payload
+
+
+__all__ = ["Master", "LogBuffer", "outcome_of", "FINAL"]

@@ -1,0 +1,172 @@
+"""execnet gateways to hosts: opening them from host documents, host facts, and running tasks.
+
+A host is an execnet spec string (`popen//python=...` or `ssh=... user@host//python=python3`), so
+local hosts in tests go through the same dispatch code as SSH hosts. One gateway per host,
+opened once and reused; each running task is one channel on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import execnet
+
+from dirt import remote_runner
+from dirt.errors import HostUnreachable
+
+log = logging.getLogger("dirt.remote")
+
+CHILD_SOURCE = (Path(__file__).parent / "remote_child.py").read_text()
+
+FACTS_SOURCE = """
+import os, platform, socket, sys
+def memory():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+channel.send({
+    "os": platform.system().lower(),
+    "arch": platform.machine(),
+    "python": platform.python_version(),
+    "cpus": os.cpu_count() or 1,
+    "memory": memory(),
+    "hostname": socket.gethostname(),
+})
+"""
+
+
+def gateway_spec(host: dict[str, Any], known_hosts: Path | None = None) -> str:
+    """The execnet spec for a host document."""
+    name = host["name"]
+    if host.get("local") is not None:
+        python = (host.get("local") or {}).get("python")
+        return f"popen//id={name}" + (f"//python={python}" if python else "")
+    ssh = host.get("ssh") or {}
+    options = ["-o BatchMode=yes", "-o ConnectTimeout=10", "-o ServerAliveInterval=5",
+               "-o ServerAliveCountMax=3", "-o StrictHostKeyChecking=accept-new"]
+    if known_hosts:
+        options.append(f"-o UserKnownHostsFile={known_hosts}")
+    if ssh.get("port"):
+        options.append(f"-p {ssh['port']}")
+    if ssh.get("key"):
+        options += [f"-i {ssh['key']}", "-o IdentitiesOnly=yes"]
+    python = ssh.get("python") or "python3"
+    return f"ssh={' '.join(options)} {ssh['destination']}//id={name}//python={python}"
+
+
+@dataclass
+class Job:
+    """What the master sends to run one task on a host."""
+
+    task_id: str
+    task: str
+    platform: str
+    source: str
+    record: dict[str, Any]
+    args: dict[str, Any]
+    timeout: float | None
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "task": self.task,
+            "platform": self.platform,
+            "source": self.source,
+            "record": self.record,
+            "args": self.args,
+            "timeout": self.timeout,
+            "child_source": CHILD_SOURCE,
+        }
+
+
+@dataclass
+class Gateway:
+    """One open execnet gateway to one host."""
+
+    name: str
+    spec: str
+    group: execnet.Group = field(repr=False)
+    gateway: Any = field(default=None, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def open(self) -> None:
+        with self.lock:
+            if self.gateway is not None and self.gateway.hasreceiver():
+                return
+            try:
+                self.gateway = self.group.makegateway(self.spec)
+            except Exception as exc:  # execnet raises bare errors for every transport fault
+                self.gateway = None
+                raise HostUnreachable(f"host {self.name}: cannot open gateway: {describe(exc)}")
+
+    def facts(self, timeout: float = 20.0) -> dict[str, Any]:
+        """Ask the host what it is (OS, arch, Python, CPUs, memory, hostname)."""
+        self.open()
+        try:
+            return self.gateway.remote_exec(FACTS_SOURCE).receive(timeout=timeout)
+        except Exception as exc:
+            self.close()
+            raise HostUnreachable(f"host {self.name}: does not answer: {describe(exc)}") from None
+
+    def start(self, job: Job, events: queue.Queue, key: Any) -> Any:
+        """Start one task; its messages arrive on `events` as (key, message) until it ends."""
+        self.open()
+        try:
+            channel = self.gateway.remote_exec(remote_runner)
+            channel.send(job.to_message())
+        except Exception as exc:
+            self.close()
+            raise HostUnreachable(f"host {self.name}: cannot start task: {describe(exc)}") from None
+        thread = threading.Thread(
+            target=_pump, args=(channel, events, key), name=f"task {job.task_id}", daemon=True
+        )
+        thread.start()
+        return channel
+
+    def close(self) -> None:
+        with self.lock:
+            gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            try:
+                gateway.exit()
+            except Exception:
+                pass
+            threading.Thread(target=gateway.join, args=(5,), daemon=True).start()
+
+    def kill(self) -> None:
+        """End the host's gateway process and everything it started (task processes watch it)."""
+        with self.lock:
+            gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            try:
+                gateway._io.kill()
+            except Exception:
+                pass
+
+
+def _pump(channel: Any, events: queue.Queue, key: Any) -> None:
+    """Move a task's messages from its channel to the master's event queue."""
+    try:
+        while True:
+            message = channel.receive()
+            events.put((key, tuple(message)))
+            if message[0] in ("result", "error", "timeout", "lost"):
+                return
+    except EOFError:
+        events.put((key, ("lost", "connection to the host closed while the task ran")))
+    except Exception as exc:
+        events.put((key, ("lost", f"connection to the host broke: {describe(exc)}")))
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__

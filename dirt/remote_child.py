@@ -1,0 +1,112 @@
+"""The task process on a host: loads one task module from source and runs `execute(ctx)`.
+
+Started by remote_runner.py as `python -u -c <this source>`, in a session of its own so that
+ending it ends everything it started. Standard library only: nothing is installed on hosts.
+Reads the job as one JSON line on stdin; writes messages as JSON lines on the pipe it names;
+its stdout and stderr become the task's log.
+"""
+
+import base64
+import json
+import linecache
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+
+MESSAGES = None
+
+
+def send(kind, *payload):
+    line = json.dumps([kind, *payload], default=repr) + "\n"
+    MESSAGES.write(line)
+    MESSAGES.flush()
+
+
+class Context:
+    """What a task module's execute(ctx) gets."""
+
+    def __init__(self, job):
+        self.record = job["record"]
+        self.args = job["args"]
+        self.task = job["task"]
+        self.platform = job["platform"]
+        self.workdir = job["workdir"]
+
+    def log(self, line):
+        """Add a line to the task's log (streamed to the master while the task runs)."""
+        send("log", str(line))
+
+    def attach(self, name, data, content_type="application/octet-stream"):
+        """Store `data` (bytes or str) as an artifact of the task."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+            if content_type == "application/octet-stream":
+                content_type = "text/plain"
+        send("attach", str(name), base64.b64encode(data).decode("ascii"), content_type)
+
+    def run(self, command, shell=None, cwd=None, env=None):
+        """Run a command, streaming its output into the log; returns its exit code."""
+        shell = isinstance(command, str) if shell is None else shell
+        process = subprocess.Popen(
+            command,
+            shell=shell,
+            cwd=cwd or self.workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for raw in process.stdout:
+            self.log(raw.decode("utf-8", "replace").rstrip("\n"))
+        return process.wait()
+
+
+def watch_parent(parent):
+    """End this task (and all it started) when the runner that started it goes away."""
+    while True:
+        if os.getppid() != parent:
+            os.killpg(0, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def load(job):
+    filename = "tasks/%s.py" % job["task"]
+    source = job["source"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType("dirt_task_" + job["task"])
+    module.__file__ = filename
+    sys.modules[module.__name__] = module
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def main():
+    global MESSAGES
+    job = json.loads(sys.stdin.readline())
+    MESSAGES = os.fdopen(job["message_fd"], "w", buffering=1)
+    threading.Thread(target=watch_parent, args=(job["parent"],), daemon=True).start()
+    os.chdir(job["workdir"])
+    try:
+        module = load(job)
+        result = module.execute(Context(job))
+    except BaseException as exc:
+        sys.stdout.flush()
+        # the first frame is this file's main(): the traceback starts at the task's code
+        send("error", "".join(traceback.format_exception(exc, exc, exc.__traceback__.tb_next)))
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        send("error", "task returned a result that is not JSON: %s" % exc)
+        return
+    send("result", result)
+
+
+if __name__ == "__main__":
+    main()
