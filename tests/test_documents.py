@@ -1,0 +1,147 @@
+"""documents.py: the shapes of records, tasks and hosts, the task state machine, summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from dirt import documents
+from dirt.documents import State
+from dirt.errors import InvalidHost, InvalidRecord
+
+
+def test_ids_are_readable():
+    assert documents.record_id("r1") == "record:r1"
+    assert documents.task_id("r1", "build", "linux") == "task:r1:build:linux"
+    assert documents.host_id("box") == "host:box"
+
+
+def test_iso_times_round_trip():
+    text = documents.now_iso(1_700_000_000.25)
+    assert text == "2023-11-14T22:13:20.250Z"
+    assert documents.parse_iso(text) == pytest.approx(1_700_000_000.25)
+
+
+@pytest.mark.parametrize("name", ["r1", "rev-1234", "a.b_c-d", "X" * 128])
+def test_valid_names(name):
+    assert documents.check_name("record", name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "a:b", "x" * 129, None, 3])
+def test_invalid_names_say_which_kind(name):
+    with pytest.raises(InvalidRecord, match="invalid record name"):
+        documents.check_name("record", name)
+
+
+def test_task_spec_with_and_without_platform():
+    assert documents.parse_task_spec("build") == ("build", None)
+    assert documents.parse_task_spec("build@linux") == ("build", "linux")
+    with pytest.raises(InvalidRecord, match="invalid platform name"):
+        documents.parse_task_spec("build@lin ux")
+    with pytest.raises(InvalidRecord, match="invalid task name"):
+        documents.parse_task_spec("@linux")
+
+
+def test_new_record_shape():
+    record = documents.new_record("r1", description="d", submitter="me", meta={"rev": "abc"})
+    assert record["_id"] == "record:r1"
+    assert record["type"] == "record"
+    assert record["meta"] == {"rev": "abc"}
+    assert record["created"].endswith("Z")
+    with pytest.raises(InvalidRecord, match="meta must be a mapping"):
+        documents.new_record("r1", meta=["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_new_task_starts_pending_with_a_history():
+    record = documents.new_record("r1", created="2026-01-01T00:00:00.000Z")
+    task = documents.new_task(record, "build", "linux", 2, args={"x": 1}, requires=["gpu"])
+    assert task["_id"] == "task:r1:build:linux"
+    assert task["state"] == "pending"
+    assert task["record_created"] == "2026-01-01T00:00:00.000Z"
+    assert task["order"] == 2
+    assert task["args"] == {"x": 1} and task["requires"] == ["gpu"]
+    assert task["attempts"] == []
+    assert task["history"] == [{"state": "pending", "at": "2026-01-01T00:00:00.000Z"}]
+    with pytest.raises(InvalidRecord, match="args must be a mapping"):
+        documents.new_task(record, "build", "linux", 0, args=[1])  # type: ignore[arg-type]
+
+
+def test_set_state_and_reset_keep_the_trail():
+    record = documents.new_record("r1")
+    task = documents.new_task(record, "build", "linux", 0)
+    documents.set_state(task, State.RUNNING, at="t1")
+    task.update(host="box", started="t1", result={"success": True})
+    documents.set_state(task, State.SUCCESS, "fine", at="t2")
+    assert task["state"] == "success" and task["reason"] == "fine"
+    documents.reset_task(task)
+    assert task["state"] == "pending"
+    assert task["host"] is None and task["result"] is None and task["started"] is None
+    assert [h["state"] for h in task["history"]] == ["pending", "running", "success", "pending"]
+    assert task["history"][-1]["reason"] == "re-run requested"
+
+
+def test_state_enum_is_a_string():
+    assert State.SUCCESS == "success"
+    assert str(State.CANCELLED) == "cancelled"
+    assert documents.FINAL.isdisjoint(documents.ACTIVE)
+    assert documents.FINAL | documents.ACTIVE == set(State)
+
+
+def test_new_host_local_and_ssh():
+    local = documents.new_host("box", "linux", local=True, slots=2, labels=["gpu", "gpu", "big"])
+    assert local["_id"] == "host:box"
+    assert local["ssh"] is None and local["local"] == {"python": None}
+    assert local["labels"] == ["big", "gpu"]
+    assert local["enabled"] is True and local["alive"] is None
+    ssh = documents.new_host("far", "linux", ssh="root@127.0.0.2", port=2222, key="/k")
+    assert ssh["local"] is None
+    assert ssh["ssh"] == {"destination": "root@127.0.0.2", "port": 2222, "key": "/k",
+                          "python": "python3"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"platform": ""}, "a platform is required"),
+        ({"platform": "lin ux", "local": True}, "invalid platform"),
+        ({"local": True, "ssh": "root@h"}, "exactly one of --local and --ssh"),
+        ({}, "exactly one of --local and --ssh"),
+        ({"ssh": "root@h; rm -rf /"}, "invalid --ssh destination"),
+        ({"local": True, "slots": 0}, "--slots must be at least 1"),
+        ({"ssh": "h", "port": 70000}, "--port must be between"),
+        ({"local": True, "labels": ["bad label"]}, "invalid label"),
+        ({"name": "bad name", "local": True}, "invalid host name"),
+    ],
+)
+def test_new_host_refuses_bad_specs(kwargs, message):
+    kwargs = {"name": "box", "platform": "linux", **kwargs}
+    with pytest.raises(InvalidHost, match=message):
+        documents.new_host(kwargs.pop("name"), kwargs.pop("platform"), **kwargs)
+
+
+def test_host_slots_default_to_cpus_then_one():
+    host = documents.new_host("box", "linux", local=True)
+    assert documents.host_slots(host) == 1
+    host["facts"] = {"cpus": 8}
+    assert documents.host_slots(host) == 8
+    host["slots"] = 3
+    assert documents.host_slots(host) == 3
+
+
+@pytest.mark.parametrize(
+    ("states", "overall"),
+    [
+        ([], "empty"),
+        (["success", "success"], "success"),
+        (["success", "failed"], "failed"),
+        (["failed", "error"], "error"),
+        (["error", "pending"], "pending"),
+        (["pending", "running", "success"], "running"),
+        (["cancelled", "success"], "cancelled"),
+        (["unschedulable", "cancelled"], "unschedulable"),
+    ],
+)
+def test_summarize_counts_and_overall_state(states, overall):
+    summary = documents.summarize(states)
+    assert summary["state"] == overall
+    assert summary["total"] == len(states)
+    assert sum(summary["counts"].values()) == len(states)
