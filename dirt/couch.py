@@ -165,6 +165,7 @@ class Couch:
         if not docs:
             return []
         answers = self.request("POST", "_bulk_docs", json={"docs": docs})
+        answers = _in_order_of(docs, answers)
         for doc, answer in zip(docs, answers, strict=True):
             if "rev" in answer and "error" not in answer:
                 doc["_rev"] = answer["rev"]
@@ -257,6 +258,16 @@ class Couch:
             ) from None
         finally:
             response.close()
+
+
+def _in_order_of(docs: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict]:
+    """The _bulk_docs answers matched to `docs` by id: PouchDB Server may answer out of order
+    (seen when a database with validate_doc_update gets a conflict in the batch)."""
+    ids = [doc.get("_id") for doc in docs]
+    by_id = {answer.get("id"): answer for answer in answers}
+    if None in ids or len(set(ids)) != len(ids) or set(by_id) != set(ids):
+        return answers
+    return [by_id[i] for i in ids]
 
 
 def _encode(params: dict[str, Any]) -> dict[str, str]:
