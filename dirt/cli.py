@@ -45,6 +45,7 @@ from typing import Any
 from docopt import DocoptExit, docopt
 
 from dirt import __version__, client, embedded
+from dirt.couch import safe_url
 from dirt.documents import State
 from dirt.errors import DirtError, InvalidHost, InvalidRecord
 from dirt.settings import Settings, load
@@ -175,14 +176,14 @@ def cmd_create(args: dict[str, Any]) -> int:
     settings = scaffold.create(args["<path>"], args["--db"] or "dirt", args["--couch"])
     couch_url = embedded.server_url(settings, start_server=False)
     print(f"created project {settings.project} (database {settings.database} at "
-          f"{client.safe_url(couch_url)})")
+          f"{safe_url(couch_url)})")
     print(f"next: cd {settings.project} && dirt hosts add local --platform=linux --local")
     return 0
 
 
 def cmd_couch(args: dict[str, Any], settings: Settings) -> int:
     if settings.couch_url:
-        url = client.safe_url(settings.couch_url)
+        url = safe_url(settings.couch_url)
         if args["url"]:
             print(url)
         elif args["status"]:
