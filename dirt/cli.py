@@ -361,16 +361,21 @@ def status_table(status: dict[str, Any]) -> str:
         ["task", "platform", "state", "host", "duration", "attempts", "reason"], rows)
 
 
+def one_task(args: dict[str, Any]) -> str | None:
+    """<task> is a list for docopt (submit takes several); cancel and rerun take one."""
+    return args["<task>"][0] if args["<task>"] else None
+
+
 def cmd_cancel(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
-    count = client.cancel(couch, args["<record>"], args["<task>"])
+    count = client.cancel(couch, args["<record>"], one_task(args))
     print(f"record {args['<record>']}: {count} tasks cancelled")
     return 0
 
 
 def cmd_rerun(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
-    count = client.rerun(couch, args["<record>"], args["<task>"])
+    count = client.rerun(couch, args["<record>"], one_task(args))
     print(f"record {args['<record>']}: {count} tasks pending again")
     return 0
 

@@ -39,7 +39,7 @@ from dirt.documents import (
     now_iso,
     set_state,
 )
-from dirt.errors import Conflict, DatabaseError, DatabaseUnavailable, DirtError, HostUnreachable
+from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
 from dirt.remote import Gateway, Job, gateway_spec
 from dirt.scheduler import HostView, PendingTask, assign, unschedulable_reason
 from dirt.settings import Settings
@@ -114,6 +114,7 @@ class Run:
 class HostState:
     doc: dict[str, Any]
     gateway: Gateway | None = None
+    ready: bool = False  # this master's last check of the host succeeded
     checking: bool = False
     next_check: float = 0.0
 
@@ -220,7 +221,7 @@ class Master:
         try:
             self.start_with_retry()
             while True:
-                self.loop_once()
+                self.loop_once_safely()
                 if self.force_stop.is_set():
                     self.release_all("master stopped at once")
                     break
@@ -234,6 +235,14 @@ class Master:
         finally:
             self.teardown()
         return 0
+
+    def loop_once_safely(self) -> None:
+        """A pass that meets a database fault logs it and backs off; the master goes on."""
+        try:
+            self.loop_once()
+        except DirtError as exc:
+            log.warning("master: %s; going on", exc)
+            time.sleep(min(1.0, self.config.tick_seconds))
 
     def start_with_retry(self) -> None:
         delay = 0.5
@@ -276,12 +285,14 @@ class Master:
     def follow_changes(self) -> None:
         """Thread: the continuous changes feed into the event queue, resumed after outages."""
         delay = 0.5
+        since = self.seq
         while not self.feed_stop.is_set():
             try:
-                for change in self.couch.follow(since=self.seq, include_docs=True):
+                for change in self.couch.follow(since=since, include_docs=True):
                     delay = 0.5
                     if "last_seq" in change:
                         break
+                    since = change.get("seq", since)
                     self.events.put(("change", change))
                     if self.feed_stop.is_set():
                         return
@@ -405,6 +416,7 @@ class Master:
         state.next_check = time.time() + self.config.health_interval
         doc = state.doc
         was_alive = doc.get("alive")
+        state.ready = facts is not None
         if facts is not None:
             if was_alive is not True:
                 log.info("host %s: alive (%s, Python %s)", name, facts["os"], facts["python"])
@@ -445,7 +457,8 @@ class Master:
         for run in list(self.runs.values()):
             if time.monotonic() - run.started > run.timeout + 30:
                 self.fence(run, "no answer from the host after the timeout")
-                self.finish(run, "timeout", f"timeout after {run.timeout:g} s (host did not end it)")
+                reason = f"timeout after {run.timeout:g} s (the host did not end it)"
+                self.finish(run, "timeout", reason)
 
     def end_attempt(self, doc: dict[str, Any], outcome: str, reason: str) -> None:
         """Close the last attempt of `doc` and requeue it, or end it `error` when it has
@@ -484,7 +497,7 @@ class Master:
                     labels=tuple(doc.get("labels") or ()),
                     facts=doc.get("facts") or {},
                     enabled=bool(doc.get("enabled")),
-                    alive=doc.get("alive") is True and state.gateway is not None,
+                    alive=state.ready,
                     running=busy.get(name, 0),
                 )
             )
@@ -591,7 +604,7 @@ class Master:
                     raise HostUnreachable(f"host {doc['host']}: no gateway")
                 run.channel = gateway.start(job, self.events, run.key)
             except HostUnreachable as exc:
-                self.finish(run, "lost", str(exc))
+                self.finish(run, "released", str(exc))  # it never started: no attempt used
                 self.host_checked(doc["host"], None, str(exc))
                 continue
             log.info("task %s: started on %s", doc["_id"], doc["host"])
@@ -624,6 +637,8 @@ class Master:
         elif kind == "attach":
             self.add_artifact(run, message[1], message[2], message[3])
         elif kind in ENDINGS:
+            if kind == "lost" and run.host in self.hosts:
+                self.hosts[run.host].next_check = 0.0  # is the host still there? ask now
             self.finish(run, kind, message[1])
 
     def add_artifact(self, run: Run, name: str, b64: str, content_type: str) -> None:
@@ -642,6 +657,9 @@ class Master:
             return
         at = now_iso()
         self.attach_outputs(doc, run)
+        if kind == "released":
+            self.end_attempt(doc, "released", str(payload))
+            return
         if kind == "lost":
             log.warning("task %s: attempt %d on %s lost: %s", run.task_id, run.attempt,
                         run.host, payload)
@@ -713,11 +731,9 @@ class Master:
     def written(self, doc: dict[str, Any], answer: dict[str, Any]) -> None:
         task_id = doc["_id"]
         if not answer.get("error"):
+            # Inline attachments keep their data: a stub needs the server's digest (PouchDB
+            # finds stubs by digest), and the next write of a running task rewrites the log.
             self.dirty.discard(task_id)
-            for attachment in (doc.get("_attachments") or {}).values():
-                if "data" in attachment:
-                    attachment.pop("data")
-                    attachment["stub"] = True
             if doc["state"] not in ACTIVE and task_id not in self.runs:
                 self.tasks.pop(task_id, None)
             return
@@ -734,7 +750,7 @@ class Master:
         task_id = mine["_id"]
         try:
             theirs = self.couch.get(task_id)
-        except DatabaseError:
+        except DirtError:
             return  # kept dirty: tried again on the next write
         run = self.runs.get(task_id)
         attempts = theirs.get("attempts") or []
@@ -759,7 +775,7 @@ class Master:
     def refresh_host(self, name: str) -> None:
         try:
             doc = self.couch.get(f"host:{name}")
-        except DatabaseError:
+        except DirtError:
             return
         state = self.hosts.get(name)
         if state:

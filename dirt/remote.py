@@ -106,7 +106,9 @@ class Gateway:
                 self.gateway = self.group.makegateway(self.spec)
             except Exception as exc:  # execnet raises bare errors for every transport fault
                 self.gateway = None
-                raise HostUnreachable(f"host {self.name}: cannot open gateway: {describe(exc)}")
+                raise HostUnreachable(
+                    f"host {self.name}: cannot open gateway: {describe(exc)}"
+                ) from None
 
     def facts(self, timeout: float = 20.0) -> dict[str, Any]:
         """Ask the host what it is (OS, arch, Python, CPUs, memory, hostname)."""
@@ -118,10 +120,16 @@ class Gateway:
             raise HostUnreachable(f"host {self.name}: does not answer: {describe(exc)}") from None
 
     def start(self, job: Job, events: queue.Queue, key: Any) -> Any:
-        """Start one task; its messages arrive on `events` as (key, message) until it ends."""
-        self.open()
+        """Start one task; its messages arrive on `events` as (key, message) until it ends.
+
+        Never opens a gateway (that may take seconds: the health check does it in the
+        background); a closed one raises HostUnreachable at once.
+        """
+        gateway = self.gateway
+        if gateway is None or not gateway.hasreceiver():
+            raise HostUnreachable(f"host {self.name}: its gateway is closed")
         try:
-            channel = self.gateway.remote_exec(remote_runner)
+            channel = gateway.remote_exec(remote_runner)
             channel.send(job.to_message())
         except Exception as exc:
             self.close()

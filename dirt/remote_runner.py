@@ -25,17 +25,59 @@ def kill(process):
         pass
 
 
-def relay_output(process, channel):
+class LogRelay:
+    """Collects log lines and sends them in batches (a task printing 50 MB must not become
+    millions of channel messages)."""
+
+    def __init__(self, channel, interval=0.1, limit=256 * 1024):
+        self.channel = channel
+        self.interval = interval
+        self.limit = limit
+        self.lines = []
+        self.size = 0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def add(self, line):
+        with self.lock:
+            self.lines.append(line)
+            self.size += len(line) + 1
+            full = self.size >= self.limit
+        if full:
+            self.flush()
+
+    def flush(self):
+        with self.lock:
+            lines, self.lines, self.size = self.lines, [], 0
+            if lines:
+                self.channel.send(("log", "\n".join(lines)))
+
+    def loop(self):
+        while not self.done.wait(self.interval):
+            self.flush()
+
+    def close(self):
+        self.done.set()
+        self.thread.join()
+        self.flush()
+
+
+def relay_output(process, logs):
     for raw in process.stdout:
-        channel.send(("log", raw.decode("utf-8", "replace").rstrip("\n")))
+        logs.add(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
-def relay_messages(pipe, channel, outcome):
+def relay_messages(pipe, channel, logs, outcome):
     for line in pipe:
         message = json.loads(line)
         if message[0] in ("result", "error"):
             outcome.append(tuple(message))
+        elif message[0] == "log":
+            logs.add(message[1])
         else:
+            logs.flush()
             channel.send(tuple(message))
 
 
@@ -52,7 +94,7 @@ def listen(channel, process, ended):
 
 
 def run(channel, job):
-    workdir = tempfile.mkdtemp(prefix="dirt-%s-" % job["task"])
+    workdir = tempfile.mkdtemp(prefix="dirt-{}-".format(job["task"]))
     read_end, write_end = os.pipe()
     job = dict(job, workdir=workdir, parent=os.getpid(), message_fd=write_end)
     child_source = job.pop("child_source")
@@ -69,10 +111,11 @@ def run(channel, job):
     channel.send(("started", process.pid))
     ended = threading.Event()
     outcome = []
+    logs = LogRelay(channel)
     pipe = os.fdopen(read_end, "r")
     threads = [
-        threading.Thread(target=relay_output, args=(process, channel), daemon=True),
-        threading.Thread(target=relay_messages, args=(pipe, channel, outcome), daemon=True),
+        threading.Thread(target=relay_output, args=(process, logs), daemon=True),
+        threading.Thread(target=relay_messages, args=(pipe, channel, logs, outcome), daemon=True),
     ]
     for thread in threads:
         thread.start()
@@ -89,6 +132,7 @@ def run(channel, job):
     ended.set()
     for thread in threads:
         thread.join(timeout=5)
+    logs.close()
     shutil.rmtree(workdir, ignore_errors=True)
     if timed_out:
         channel.send(("timeout", job["timeout"]))
@@ -97,10 +141,10 @@ def run(channel, job):
     elif process.returncode < 0:
         name = signal.Signals(-process.returncode).name
         kind = "error" if name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL") else "lost"
-        channel.send((kind, "task process killed by %s without a result" % name))
+        channel.send((kind, f"task process killed by {name} without a result"))
     else:
-        channel.send(("error", "task process exited with code %d without a result"
-                      % process.returncode))
+        code = process.returncode
+        channel.send(("error", f"task process exited with code {code} without a result"))
 
 
 if __name__ == "__channelexec__":
