@@ -6,6 +6,7 @@ Usage:
   dirt hosts add <name> [--platform=<p>] [--local] [--ssh=<dest>] [--port=<n>] [--key=<file>] [--python=<exe>] [--slots=<n>] [--label=<l>]... [options]
   dirt hosts list [--json] [options]
   dirt hosts (remove|enable|disable) <name> [options]
+  dirt hosts check [<name>] [options]
   dirt tasks [--json] [options]
   dirt submit <record> [<task>...] [--file=<path>] [--meta=<kv>]... [--description=<text>] [--submitter=<who>] [--wait] [options]
   dirt status [<record>] [--json] [--limit=<n>] [options]
@@ -73,10 +74,14 @@ DIRT_COUCHDB_URL or couchdb.url in dirt.toml, dirt uses that server and never st
                  [--key=<file>] [--python=<exe>] [--slots=<n>] [--label=<l>]...
   dirt hosts list [--json]
   dirt hosts (remove|enable|disable) <name>
+  dirt hosts check [<name>]
 
 A host runs tasks of its platform. --local runs them on this machine (an execnet popen
 gateway); --ssh runs them over SSH (only Python is needed there). --slots is how many tasks it
 runs at once (default: its CPU count); --label adds labels that tasks can require.
+`check` connects to each host (or one) and prints what it is, or the cause when it cannot run
+tasks: unreachable, connection refused, host key mismatch, authentication failed, no such
+Python. It exits 1 when a host fails.
 """,
     "tasks": """Usage: dirt tasks [--json]
 
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if not args["--verbose"]:
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        for noisy in ("urllib3", "paramiko"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return dispatch(args)
     except DirtError as exc:
@@ -242,6 +248,8 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
                   ",".join(h.get("labels") or []), yes(h.get("enabled")), yes(h.get("alive")),
                   h.get("reason") or ""] for h in hosts],
             ))
+    elif args["check"]:
+        return check_hosts(couch, settings, name)
     elif args["remove"]:
         client.remove_host(couch, name)
         print(f"host {name} removed")
@@ -249,6 +257,18 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
         doc = client.enable_host(couch, name, bool(args["enable"]))
         print(f"host {name} {'enabled' if doc['enabled'] else 'disabled'}")
     return 0
+
+
+def check_hosts(couch: Any, settings: Settings, name: str | None) -> int:
+    from dirt.diagnose import check_host
+
+    hosts = [client.get_host(couch, name)] if name else client.list_hosts(couch)
+    failed = 0
+    for host in hosts:
+        diagnosis = check_host(host, settings.state_dir / "known_hosts")
+        failed += not diagnosis.ok
+        print(f"{host['name']}: {'ok' if diagnosis.ok else 'FAILED'}: {diagnosis.message}")
+    return 1 if failed else 0
 
 
 def single(values: list[str], option: str) -> str:

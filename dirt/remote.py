@@ -51,7 +51,8 @@ def gateway_spec(host: dict[str, Any], known_hosts: Path | None = None) -> str:
         python = (host.get("local") or {}).get("python")
         return f"popen//id={name}" + (f"//python={python}" if python else "")
     ssh = host.get("ssh") or {}
-    options = ["-o BatchMode=yes", "-o ConnectTimeout=10", "-o ServerAliveInterval=5",
+    options = ["-o BatchMode=yes", "-o LogLevel=ERROR", "-o ConnectTimeout=10",
+               "-o ServerAliveInterval=5",
                "-o ServerAliveCountMax=3", "-o StrictHostKeyChecking=accept-new"]
     if known_hosts:
         options.append(f"-o UserKnownHostsFile={known_hosts}")
