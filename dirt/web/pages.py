@@ -1,0 +1,142 @@
+"""The HTML pages: records, a record, a task, hosts, the history of a task name.
+
+A page asked for with the header `X-Dirt-Fragment: 1` answers with its live part only;
+static/live.js swaps that in when the database changed, so pages stay current without a reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+
+from dirt.documents import FINAL, OVERALL_ORDER, State
+from dirt.web import format as fmt
+from dirt.web import history as hist
+from dirt.web import queries
+
+bp = Blueprint("pages", __name__)
+
+# Left to right in summary bars: what is done, then what is still to come.
+BAR_ORDER = [s.value for s in (State.SUCCESS, State.FAILED, State.ERROR, State.UNSCHEDULABLE,
+                               State.CANCELLED, State.RUNNING, State.PENDING)]
+INLINE_TYPES = ("text/", "image/png", "image/jpeg", "image/gif", "application/json")
+HISTORY_SIZES = (10, 30, 100)
+
+
+def couch() -> Any:
+    return current_app.extensions["dirt"]["couch"]
+
+
+def page(template: str, **context: Any) -> Response | str:
+    """Render a page, or only its live part for live.js."""
+    fragment = request.headers.get("X-Dirt-Fragment") == "1"
+    html = render_template(
+        template,
+        fragment=fragment,
+        poll_ms=current_app.config["POLL_MS"],
+        bar=lambda counts: fmt.bar(counts, BAR_ORDER),
+        states=[s.value for s in OVERALL_ORDER],
+        **context,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Vary"] = "X-Dirt-Fragment"
+    return response
+
+
+@bp.get("/dirt.css")
+def stylesheet() -> Response:
+    """One stylesheet for these pages and the CouchApp (it lives with the CouchApp)."""
+    return send_file(current_app.config["COUCHAPP_STYLESHEET"], mimetype="text/css")
+
+
+@bp.get("/")
+def records() -> Response | str:
+    text = (request.args.get("q") or "").strip() or None
+    state = request.args.get("state") or None
+    if state not in {s.value for s in State} | {"empty"}:
+        state = None
+    result = queries.list_records(
+        couch(), limit=current_app.config["PAGE_SIZE"], older=request.args.get("older"),
+        newer=request.args.get("newer"), state=state, text=text,
+    )
+    return page(
+        "records.html", page=result, q=text or "", state=state or "",
+        totals=queries.state_counts(couch()),
+        older_url=result.older and url_for(".records", older=result.older, q=text, state=state),
+        newer_url=result.newer and url_for(".records", newer=result.newer, q=text, state=state),
+    )
+
+
+@bp.get("/records/<name>")
+def record(name: str) -> Response | str:
+    status = queries.record(couch(), name)
+    return page("record.html", record=status["record"], tasks=status["tasks"])
+
+
+@bp.get("/records/<record>/tasks/<name>/<platform>")
+def task(record: str, name: str, platform: str) -> Response | str:
+    doc = queries.task(couch(), record, name, platform)
+    log = queries.task_log(couch(), record, name, platform) if not request.headers.get(
+        "X-Dirt-Fragment") else None
+    return page("task.html", task=doc, log=log, running=State(doc["state"]) not in FINAL,
+                log_poll_ms=current_app.config["LOG_POLL_MS"])
+
+
+@bp.get("/records/<record>/tasks/<name>/<platform>/files/<path:file>")
+def task_file(record: str, name: str, platform: str, file: str) -> Response:
+    """A log or artifact. Text is shown as plain text; anything that a browser could run
+    (HTML, SVG, scripts) is a download, sandboxed, never a page of this site."""
+    body, content_type = queries.task_file(couch(), record, name, platform, file)
+    inline = content_type.startswith(INLINE_TYPES)
+    if content_type.startswith(("text/", "application/json")):
+        content_type = "text/plain; charset=utf-8"
+    response = Response(body, mimetype=None, content_type=content_type if inline else
+                        "application/octet-stream")
+    filename = file.rsplit("/", 1)[-1]
+    disposition = "inline" if inline else "attachment"
+    response.headers.set("Content-Disposition", disposition, filename=filename)
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response
+
+
+@bp.get("/hosts")
+def hosts() -> Response | str:
+    return page("hosts.html", hosts=queries.hosts(couch()))
+
+
+@bp.get("/history/<name>")
+def history(name: str) -> Response | str:
+    try:
+        size = int(request.args.get("records", 30))
+    except ValueError:
+        size = 30
+    size = max(1, min(500, size))
+    result = queries.task_history(couch(), name, size)
+    return page("history.html", history=result, size=size, sizes=HISTORY_SIZES,
+                chart=chart(result))
+
+
+def chart(history: hist.History) -> dict[str, Any]:
+    """Geometry of the pass/fail grid and the duration trend (the template draws them)."""
+    cell, label = 16, max([len(p.name) for p in history.platforms] + [8]) * 7 + 12
+    width = label + max(len(history.records), 1) * cell
+    trend_width = max(len(history.records) - 1, 1) * cell
+    durations = [r.duration for p in history.platforms for r in p.runs if r and r.duration]
+    top = max(durations) if durations else 0.0
+    lines = [
+        {"platform": p.name, "points": " ".join(
+            f"{x + label + cell / 2},{y + 10}" for x, y in hist.trend_points(
+                [r.duration if r else None for r in p.runs], trend_width, 100, top))}
+        for p in history.platforms
+    ]
+    return {"cell": cell, "label": label, "width": width,
+            "height": len(history.platforms) * cell + 4, "lines": lines, "top": top}

@@ -1,0 +1,313 @@
+"""What the pages and the API read from the database, through the design document's views.
+
+Every read is bounded: records are paged by startkey (a cursor), never loaded all at once, so a
+database with 100,000 tasks answers as fast as one with ten. States and summaries come from
+dirt.documents and dirt.client, as the CLI shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dirt import client, documents
+from dirt.couch import Couch
+from dirt.documents import State, summarize, task_id
+from dirt.errors import InvalidRecord, NotFound
+from dirt.web import history
+
+BATCH = 100  # records read per view query while filtering
+SCAN_LIMIT = 2000  # records looked at for one filtered page before it is returned part-full
+HISTORY_BATCH = 200
+
+
+class Missing(LookupError):
+    """A record, task or file that is not in the database (a 404)."""
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordsPage:
+    records: list[dict[str, Any]]
+    older: str | None  # cursor of the next (older) page
+    newer: str | None  # cursor of the previous (newer) page
+    scanned: int = 0
+    partial: bool = False  # the scan limit was reached before the page filled
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def make_cursor(created: str, doc_id: str) -> str:
+    return json.dumps([created, doc_id], separators=(",", ":"))
+
+
+def parse_cursor(text: str | None) -> tuple[str, str] | None:
+    """A cursor from a URL; a malformed one is treated as none (the newest page)."""
+    if not text:
+        return None
+    try:
+        created, doc_id = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(created, str) or not isinstance(doc_id, str):
+        return None
+    return created, doc_id
+
+
+def summary_of(counts: dict[str, int]) -> dict[str, Any]:
+    """A record's summary (counts, total, overall state) from its counts by state."""
+    return summarize(state for state, n in counts.items() for _ in range(n))
+
+
+def matches(record: dict[str, Any], state: str | None, text: str | None) -> bool:
+    """Whether a record (with its summary) passes the page's filters."""
+    if state and record["state"] != state:
+        return False
+    if text:
+        needle = text.casefold()
+        haystack = [record["name"], record.get("description") or "", record.get("submitter") or ""]
+        haystack += [str(v) for v in (record.get("meta") or {}).values()]
+        return any(needle in str(item).casefold() for item in haystack)
+    return True
+
+
+def _record_rows(
+    couch: Couch, start: tuple[str, str] | None, descending: bool, limit: int
+) -> list[dict[str, Any]]:
+    """Rows of records_by_time after `start` (exclusive) in the given direction."""
+    params: dict[str, Any] = {"descending": descending, "limit": limit + 1}
+    if start:
+        params.update(startkey=start[0], startkey_docid=start[1])
+    rows = couch.view("dirt", "records_by_time", **params)["rows"]
+    if start and rows and (rows[0]["key"], rows[0]["id"]) == start:
+        rows = rows[1:]
+    return rows[:limit]
+
+
+def _with_summaries(couch: Couch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = [row["value"]["name"] for row in rows]
+    counts = client.record_counts(couch, names)
+    return [
+        {"created": row["key"], "_cursor": make_cursor(row["key"], row["id"]), **row["value"],
+         **summary_of(counts[row["value"]["name"]])}
+        for row in rows
+    ]
+
+
+def _scan(
+    couch: Couch, start: tuple[str, str] | None, descending: bool, limit: int,
+    state: str | None, text: str | None,
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None, bool, int]:
+    """Read records from `start` until `limit` pass the filters or SCAN_LIMIT were read.
+
+    Returns the records, the position of the last one read, whether the scan stopped early
+    and how many were read."""
+    filtering = bool(state or text)
+    batch = BATCH if filtering else limit
+    found: list[dict[str, Any]] = []
+    scanned = 0
+    position = start
+    while True:
+        rows = _record_rows(couch, position, descending, batch)
+        for record, row in zip(_with_summaries(couch, rows), rows, strict=True):
+            scanned += 1
+            position = (row["key"], row["id"])
+            if matches(record, state, text):
+                found.append(record)
+                if len(found) == limit:
+                    return found, position, False, scanned
+        if len(rows) < batch:
+            return found, None, False, scanned
+        if scanned >= SCAN_LIMIT:
+            return found, position, True, scanned
+
+
+def list_records(
+    couch: Couch,
+    *,
+    limit: int = 25,
+    older: str | None = None,
+    newer: str | None = None,
+    state: str | None = None,
+    text: str | None = None,
+) -> RecordsPage:
+    """One page of records, newest first, with their summaries; `older`/`newer` are cursors
+    from an earlier page."""
+    newer_start = parse_cursor(newer)
+    if newer_start and not older:
+        found, position, partial, scanned = _scan(couch, newer_start, False, limit, state, text)
+        if len(found) == limit and _more(couch, position, False, state, text):
+            found.reverse()
+            return RecordsPage(
+                found, older=found[-1]["_cursor"], newer=found[0]["_cursor"], scanned=scanned,
+                partial=partial,
+            )
+        return list_records(couch, limit=limit, state=state, text=text)  # back at the newest
+    start = parse_cursor(older)
+    found, position, partial, scanned = _scan(couch, start, True, limit, state, text)
+    has_older = partial or (position is not None and _more(couch, position, True, state, text))
+    return RecordsPage(
+        found,
+        older=(make_cursor(*position) if has_older and position else None),
+        newer=(found[0]["_cursor"] if start and found else older if start else None),
+        scanned=scanned,
+        partial=partial,
+    )
+
+
+def _more(
+    couch: Couch, position: tuple[str, str] | None, descending: bool,
+    state: str | None, text: str | None,
+) -> bool:
+    """Whether any record lies beyond `position` (for filtered pages: may lie; we look at
+    one more record only, so a filtered "older" link can lead to an empty page)."""
+    if position is None:
+        return False
+    return bool(_record_rows(couch, position, descending, 1))
+
+
+def state_counts(couch: Couch) -> dict[str, int]:
+    """Tasks by state over the whole database (one grouped reduce)."""
+    rows = couch.view("dirt", "state_counts", group=True)["rows"]
+    return {row["key"]: row["value"] for row in rows}
+
+
+def update_seq(couch: Couch) -> str:
+    """The database's update sequence: cheap, and it changes with every write."""
+    return str(couch.info()["update_seq"])
+
+
+# -- one record ---------------------------------------------------------------------------
+
+
+def record(couch: Couch, name: str) -> dict[str, Any]:
+    """A record, its summary and its tasks (each with its files)."""
+    try:
+        status = client.record_status(couch, name)
+    except InvalidRecord:
+        raise Missing(f"no record {name!r}") from None
+    rows = couch.view("dirt", "task_files", startkey=[name], endkey=[name, {}])["rows"]
+    files = {row["id"]: row["value"] for row in rows}
+    for task in status["tasks"]:
+        task["files"] = file_list(files.get(task["id"]) or {})
+    return status
+
+
+def file_list(attachments: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task's attachments as a list, the log first."""
+    names = sorted(attachments, key=lambda n: (n != "log.txt", n))
+    return [
+        {"name": n, "content_type": attachments[n].get("content_type") or "",
+         "length": attachments[n].get("length") or 0}
+        for n in names
+    ]
+
+
+# -- one task -----------------------------------------------------------------------------
+
+
+def task(couch: Couch, record_name: str, name: str, platform: str) -> dict[str, Any]:
+    """A task document as the page and API show it: without attachment stubs, with files."""
+    try:
+        doc = couch.get(task_id(record_name, name, platform))
+    except NotFound:
+        raise Missing(f"no task {name}@{platform} in record {record_name!r}") from None
+    shown = {k: v for k, v in doc.items() if k not in ("_attachments", "_rev")}
+    shown["files"] = file_list(doc.get("_attachments") or {})
+    shown["final"] = State(doc["state"]) in documents.FINAL
+    return shown
+
+
+def task_file(
+    couch: Couch, record_name: str, name: str, platform: str, file: str
+) -> tuple[bytes, str]:
+    """One attachment of a task: its bytes and content type."""
+    doc = task(couch, record_name, name, platform)
+    info = next((f for f in doc["files"] if f["name"] == file), None)
+    if info is None:
+        raise Missing(f"task {name}@{platform} of {record_name} has no file {file!r}")
+    try:
+        body = couch.get_attachment(doc["_id"], file)
+    except NotFound:
+        raise Missing(f"task {name}@{platform} of {record_name} has no file {file!r}") from None
+    return body, info["content_type"]
+
+
+def task_log(
+    couch: Couch, record_name: str, name: str, platform: str, offset: int = 0
+) -> dict[str, Any]:
+    """The log from `offset` on. A log that got shorter (rewritten with its middle cut out,
+    or a new attempt) comes back whole, with `reset` set."""
+    doc = task(couch, record_name, name, platform)
+    try:
+        body = couch.get_attachment(doc["_id"], "log.txt")
+    except NotFound:
+        body = b""
+    reset = offset > len(body) or offset < 0
+    start = 0 if reset else offset
+    return {
+        "text": body[start:].decode("utf-8", "replace"),
+        "offset": start,
+        "size": len(body),
+        "reset": reset,
+        "state": doc["state"],
+        "final": doc["final"],
+    }
+
+
+# -- hosts --------------------------------------------------------------------------------
+
+
+def hosts(couch: Couch) -> list[dict[str, Any]]:
+    """Every host with its slots, what it runs now and whether it is alive."""
+    running: dict[str, list[dict[str, Any]]] = {}
+    for row in couch.view("dirt", "tasks_running")["rows"]:
+        running.setdefault(row["key"], []).append(row["value"])
+    out = []
+    for doc in client.list_hosts(couch):
+        now = sorted(running.get(doc["name"], []), key=lambda t: t.get("started") or "")
+        out.append({
+            "name": doc["name"],
+            "platform": doc.get("platform"),
+            "labels": doc.get("labels") or [],
+            "where": "local" if doc.get("local") is not None else (
+                (doc.get("ssh") or {}).get("destination") or ""),
+            "slots": documents.host_slots(doc),
+            "slots_used": len(now),
+            "enabled": bool(doc.get("enabled")),
+            "alive": doc.get("alive"),
+            "reason": doc.get("reason") or "",
+            "last_seen": doc.get("last_seen"),
+            "facts": doc.get("facts") or {},
+            "running": now,
+        })
+    return out
+
+
+# -- history of a task name ---------------------------------------------------------------
+
+
+def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
+    """The task `name` over the last `records` records that ran it, read newest first from
+    tasks_by_name in batches until that many records are seen."""
+    runs: list[history.Run] = []
+    seen: set[str] = set()
+    params: dict[str, Any] = {"startkey": [name, {}], "endkey": [name], "descending": True}
+    while True:
+        rows = couch.view("dirt", "tasks_by_name", limit=HISTORY_BATCH + 1, **params)["rows"]
+        for row in rows[:HISTORY_BATCH]:
+            value = row["value"]
+            if value["record"] not in seen and len(seen) == records:
+                return history.build(name, runs)
+            seen.add(value["record"])
+            runs.append(history.Run(
+                record=value["record"], created=row["key"][1], platform=value["platform"],
+                state=value["state"], duration=value.get("duration"),
+                host=value.get("host"), reason=value.get("reason") or "",
+            ))
+        if len(rows) <= HISTORY_BATCH:
+            return history.build(name, runs)
+        last = rows[HISTORY_BATCH]
+        params.update(startkey=last["key"], startkey_docid=last["id"])
