@@ -91,6 +91,7 @@ def _alive(pid: int) -> bool:
 def _free_port(preferred: int | None = None) -> int:
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as node binds
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

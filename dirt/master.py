@@ -209,7 +209,7 @@ class Master:
         self.check_hosts(now)
         self.expire_leases(now)
         self.mark_unschedulable()
-        if not self.stop_requested.is_set():
+        if not self.stop_requested.is_set() and time.monotonic() >= self.next_write:
             self.dispatch(self.claim(now), now)
         self.renew_runs(now)
         self.write_results(now)
@@ -559,7 +559,7 @@ class Master:
         try:
             answers = self.couch.bulk_docs(claims)
         except DatabaseUnavailable as exc:
-            log.warning("master: cannot claim tasks: %s", exc)
+            self.back_off(f"cannot claim tasks: {exc}")
             return []
         won = []
         for doc, answer in zip(claims, answers, strict=True):
@@ -715,10 +715,7 @@ class Master:
         try:
             answers = self.couch.bulk_docs(docs + host_docs)
         except DatabaseUnavailable as exc:
-            self.write_backoff = min(max(self.write_backoff * 2, 0.5), 10.0)
-            self.next_write = time.monotonic() + self.write_backoff
-            log.warning("master: %d writes held: %s; retrying in %.1f s",
-                        len(docs) + len(host_docs), exc, self.write_backoff)
+            self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}")
             return
         self.write_backoff = 0.0
         for doc, answer in zip(docs, answers[: len(docs)], strict=True):
@@ -727,6 +724,13 @@ class Master:
             self.dirty_hosts.discard(doc["name"])
             if answer.get("error") == "conflict":
                 self.refresh_host(doc["name"])
+
+    def back_off(self, what: str) -> None:
+        """The database does not answer: claim and write nothing for a while (capped
+        exponential backoff); running tasks go on and their results are held."""
+        self.write_backoff = min(max(self.write_backoff * 2, 0.5), 10.0)
+        self.next_write = time.monotonic() + self.write_backoff
+        log.warning("master: %s; retrying in %.1f s", what, self.write_backoff)
 
     def written(self, doc: dict[str, Any], answer: dict[str, Any]) -> None:
         task_id = doc["_id"]
