@@ -513,6 +513,8 @@ class Master:
                 name=doc["name"],
                 platform=doc["platform"],
                 requires=tuple(doc.get("requires") or ()),
+                avoid=tuple(a["host"] for a in doc.get("attempts") or ()
+                            if a.get("outcome") == "lost"),
             )
             for doc in self.tasks.values()
             if doc["state"] == State.PENDING.value

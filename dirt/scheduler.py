@@ -2,7 +2,8 @@
 
 Matching: platform equal, every requirement met by the host (labels, and comparisons on the
 facts the host reported), a free slot, host enabled and alive. Fair: oldest record first, then
-the task's order in its record.
+the task's order in its record. A task whose attempt was lost on a host goes to another host
+of its platform when one is free.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class PendingTask:
     name: str
     platform: str
     requires: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()  # hosts where an attempt was lost: others are preferred
 
     @property
     def sort_key(self) -> tuple[str, str, int, str]:
@@ -141,7 +143,10 @@ def assign(pending: Iterable[PendingTask], hosts: Iterable[HostView]) -> list[tu
         fitting = [h for h in candidates if free[h.name] > 0 and h.fits(task)]
         if not fitting:
             continue
-        best = max(fitting, key=lambda h: (free[h.name], -len(h.labels), h.name))
+        best = max(
+            fitting,
+            key=lambda h: (h.name not in task.avoid, free[h.name], -len(h.labels), h.name),
+        )
         free[best.name] -= 1
         assignments.append((task.id, best.name))
         if not any(free.values()):

@@ -177,3 +177,12 @@ def test_fact_requirement_waits_for_unknown_facts():
     known_old = host("box", facts={**FACTS, "python": "3.9.0"})
     reason = unschedulable_reason(pending, [known_old], registered=True)
     assert reason == "no enabled host of platform 'linux' meets: python>=3.11"
+
+
+def test_a_lost_attempt_prefers_another_host():
+    lost_on_a = PendingTask(id="t", record_created="2026", record="r", order=0, name="n",
+                            platform="linux", avoid=("a",))
+    assert assign([lost_on_a], [host("a", slots=4), host("b", slots=1)]) == [("t", "b")]
+    # ... but runs on the same host again when it is the only one free
+    assert assign([lost_on_a], [host("a", slots=4), host("b", slots=1, running=1)]) == [
+        ("t", "a")]
