@@ -374,8 +374,8 @@ def cmd_status(args: dict[str, Any], settings: Settings) -> int:
 def status_table(status: dict[str, Any]) -> str:
     record = status["record"]
     head = f"record {record['name']}: {record['state']} ({record['total']} tasks)"
-    rows = [[t["name"], t["platform"], t["state"], t.get("host") or "",
-             f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
+    rows = [[t["name"] + (f":{t['key']}" if t.get("key") else ""), t["platform"], t["state"],
+             t.get("host") or "", f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
              t.get("attempts") or 0, (t.get("reason") or "")[:70]] for t in status["tasks"]]
     return head + "\n" + table(
         ["task", "platform", "state", "host", "duration", "attempts", "reason"], rows)

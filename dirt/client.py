@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from dirt import documents, embedded
-from dirt.couch import Couch, safe_url
+from dirt.couch import Couch
 from dirt.documents import FINAL, State, now_iso, record_id, set_state, summarize
 from dirt.errors import Conflict, InvalidHost, InvalidRecord, NotFound
 from dirt.scheduler import parse_requirements
@@ -26,7 +26,7 @@ from dirt.settings import Settings, load
 from dirt.tasks import Registry
 
 RECORD_KEYS = {"name", "description", "submitter", "meta", "tasks"}
-TASK_KEYS = {"name", "platform", "args", "requires"}
+TASK_KEYS = {"name", "platform", "args", "requires", "key"}
 
 
 def connect(project: str | None = None, settings: Settings | None = None) -> Couch:
@@ -130,10 +130,12 @@ def plan_tasks(
                 )
             doc = documents.new_task(
                 record, module.name, platform, len(docs),
-                args=entry.get("args"), requires=requires,
+                args=entry.get("args"), requires=requires, key=entry.get("key"),
             )
             if doc["_id"] in seen:
-                raise InvalidRecord(f"task {module.name}@{platform} is given twice")
+                raise InvalidRecord(
+                    f"task {module.name}@{platform} is given twice: give each a distinct key"
+                )
             seen.add(doc["_id"])
             docs.append(doc)
     if not docs:

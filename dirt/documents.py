@@ -10,7 +10,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from dirt.errors import InvalidHost, InvalidRecord
@@ -19,7 +19,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class State(str, Enum):
+class State(StrEnum):
     """The life of a task: pending -> running -> success | failed | error."""
 
     PENDING = "pending"
@@ -64,8 +64,11 @@ def record_id(name: str) -> str:
     return f"record:{name}"
 
 
-def task_id(record: str, task: str, platform: str) -> str:
-    return f"task:{record}:{task}:{platform}"
+def task_id(record: str, task: str, platform: str, key: str | None = None) -> str:
+    """`task:<record>:<task>:<platform>`, plus `:<key>` when one record runs a task module
+    several times on one platform (one per input of a data set, say)."""
+    base = f"task:{record}:{task}:{platform}"
+    return f"{base}:{key}" if key else base
 
 
 def host_id(name: str) -> str:
@@ -122,14 +125,18 @@ def new_task(
     *,
     args: dict[str, Any] | None = None,
     requires: list[str] | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     check_name("task", name)
     check_name("platform", platform)
+    if key is not None:
+        check_name("task key", key)
     if args is not None and not isinstance(args, dict):
         raise InvalidRecord(f"task {name}: args must be a mapping")
     return {
-        "_id": task_id(record["name"], name, platform),
+        "_id": task_id(record["name"], name, platform, key),
         "type": "task",
+        "key": key,
         "record": record["name"],
         "record_created": record["created"],
         "order": order,

@@ -24,8 +24,12 @@ function (newDoc, oldDoc, userCtx, secObj) {
   } else if (newDoc.type === 'task') {
     need(isString(newDoc.record) && isString(newDoc.name) && isString(newDoc.platform),
          'a task needs record, name and platform');
-    need(newDoc._id === 'task:' + newDoc.record + ':' + newDoc.name + ':' + newDoc.platform,
-         'a task id is task:<record>:<name>:<platform>');
+    var taskId = 'task:' + newDoc.record + ':' + newDoc.name + ':' + newDoc.platform;
+    if (newDoc.key) {
+      need(name.test(newDoc.key), 'invalid task key');
+      taskId += ':' + newDoc.key;
+    }
+    need(newDoc._id === taskId, 'a task id is task:<record>:<name>:<platform>[:<key>]');
     need(states.indexOf(newDoc.state) >= 0, 'invalid task state ' + JSON.stringify(newDoc.state));
     need(Array.isArray(newDoc.attempts), 'task attempts must be a list');
     need(Array.isArray(newDoc.requires), 'task requires must be a list');
