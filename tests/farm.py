@@ -21,7 +21,7 @@ from dirt.documents import FINAL, State
 
 DIRT = str(Path(sys.executable).parent / "dirt")
 
-RUNLOG_TASK = '''"""Append 'start' and 'end' lines for each run to args.file; sleep args.seconds between."""
+RUNLOG_TASK = '''"""Append 'start' and 'end' lines per run to args.file, args.seconds apart."""
 
 import os
 import socket
