@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ class Gateway:
                 gateway.exit()
             except Exception:
                 pass
-            threading.Thread(target=gateway.join, args=(5,), daemon=True).start()
+            threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
 
     def kill(self) -> None:
         """End the host's gateway process and everything it started (task processes watch it)."""
@@ -160,6 +161,24 @@ class Gateway:
                 gateway._io.kill()
             except Exception:
                 pass
+            threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
+
+
+def _reap(gateway: Any, timeout: float = 5.0) -> None:
+    """Wait for a closed gateway's local process (python or ssh), killing it if it lingers:
+    execnet's Group.terminate() no longer waits for a gateway that exit() unregistered."""
+    try:
+        gateway.join(timeout)
+    except Exception:
+        pass
+    popen = getattr(gateway._io, "popen", None)
+    if popen is None:
+        return
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
 
 
 def _pump(channel: Any, events: queue.Queue, key: Any) -> None:
