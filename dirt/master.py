@@ -37,6 +37,7 @@ from dirt.documents import (
     State,
     host_slots,
     now_iso,
+    parse_iso,
     set_state,
 )
 from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
@@ -110,6 +111,23 @@ class Run:
         return (self.task_id, self.attempt)
 
 
+class Listener:
+    """Hooks on what the master does (metrics, notifications). Called from the loop thread:
+    a listener must return at once and hand slow work (sending mail) to a thread of its own."""
+
+    def task_started(self, doc: dict[str, Any], waited: float) -> None:
+        """A task started on its host, `waited` seconds after it became pending."""
+
+    def task_ended(self, doc: dict[str, Any]) -> None:
+        """A task's final state was written (success, failed, error, unschedulable)."""
+
+    def database_error(self, error: Exception) -> None:
+        """A read or write failed because the database did not answer."""
+
+    def loop_done(self, master: Master) -> None:
+        """One pass of the loop ended (for gauges: master.queue_depth(), master.runs)."""
+
+
 @dataclass
 class HostState:
     doc: dict[str, Any]
@@ -130,8 +148,10 @@ class Master:
         *,
         platforms: list[str] | None = None,
         host_names: list[str] | None = None,
+        listeners: list[Listener] | None = None,
     ) -> None:
         self.couch = couch
+        self.listeners = list(listeners or [])
         self.settings = settings
         self.config = settings.master
         self.registry = registry or Registry(settings.tasks_dir)
@@ -214,6 +234,19 @@ class Master:
         self.renew_runs(now)
         self.write_results(now)
         self.save_checkpoint(now)
+        self.tell("loop_done", self)
+
+    def tell(self, hook: str, *args: Any) -> None:
+        """Call a hook on every listener; a failing listener is logged, never fatal."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, hook)(*args)
+            except Exception:
+                log.exception("master: listener %r failed in %s", listener, hook)
+
+    def queue_depth(self) -> int:
+        """Pending tasks in this master's scope."""
+        return len(self.pending())
 
     def run(self, drain: bool = False) -> int:
         """Drive loop_once until stopped (or, with drain, until nothing is left to do)."""
@@ -561,7 +594,7 @@ class Master:
         try:
             answers = self.couch.bulk_docs(claims)
         except DatabaseUnavailable as exc:
-            self.back_off(f"cannot claim tasks: {exc}")
+            self.back_off(f"cannot claim tasks: {exc}", exc)
             return []
         won = []
         for doc, answer in zip(claims, answers, strict=True):
@@ -610,6 +643,7 @@ class Master:
                 self.host_checked(doc["host"], None, str(exc))
                 continue
             log.info("task %s: started on %s", doc["_id"], doc["host"])
+            self.tell("task_started", doc, waited_since_pending(doc))
 
     def record_of(self, task: dict[str, Any]) -> dict[str, Any]:
         """The record document a task belongs to, as the task module sees it (cached: the
@@ -717,7 +751,7 @@ class Master:
         try:
             answers = self.couch.bulk_docs(docs + host_docs)
         except DatabaseUnavailable as exc:
-            self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}")
+            self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}", exc)
             return
         self.write_backoff = 0.0
         for doc, answer in zip(docs, answers[: len(docs)], strict=True):
@@ -727,9 +761,11 @@ class Master:
             if answer.get("error") == "conflict":
                 self.refresh_host(doc["name"])
 
-    def back_off(self, what: str) -> None:
+    def back_off(self, what: str, error: Exception | None = None) -> None:
         """The database does not answer: claim and write nothing for a while (capped
         exponential backoff); running tasks go on and their results are held."""
+        if error is not None:
+            self.tell("database_error", error)
         self.write_backoff = min(max(self.write_backoff * 2, 0.5), 10.0)
         self.next_write = time.monotonic() + self.write_backoff
         log.warning("master: %s; retrying in %.1f s", what, self.write_backoff)
@@ -742,6 +778,7 @@ class Master:
             self.dirty.discard(task_id)
             if doc["state"] not in ACTIVE and task_id not in self.runs:
                 self.tasks.pop(task_id, None)
+                self.tell("task_ended", doc)
             return
         if answer["error"] != "conflict":
             log.error("task %s: write refused: %s: %s", task_id, answer["error"],
@@ -843,6 +880,15 @@ class Master:
             pass
 
 
+def waited_since_pending(doc: dict[str, Any]) -> float:
+    """Seconds from when the task last became pending to when it started."""
+    history = doc.get("history") or []
+    pending = [h["at"] for h in history if h.get("state") == State.PENDING.value]
+    if not pending or not doc.get("started"):
+        return 0.0
+    return max(0.0, parse_iso(doc["started"]) - parse_iso(pending[-1]))
+
+
 def outcome_of(kind: str, payload: Any) -> tuple[State, str, dict[str, Any]]:
     """The state, reason and stored result for how an attempt ended."""
     if kind == "timeout":
@@ -862,4 +908,4 @@ def outcome_of(kind: str, payload: Any) -> tuple[State, str, dict[str, Any]]:
     return (State.SUCCESS if payload["success"] else State.FAILED), reason, payload
 
 
-__all__ = ["Master", "LogBuffer", "outcome_of", "FINAL"]
+__all__ = ["Master", "Listener", "LogBuffer", "outcome_of", "FINAL"]
