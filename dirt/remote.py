@@ -56,6 +56,8 @@ def gateway_spec(host: dict[str, Any], known_hosts: Path | None = None) -> str:
                "-o ServerAliveInterval=5",
                "-o ServerAliveCountMax=3", "-o StrictHostKeyChecking=accept-new"]
     if known_hosts:
+        # ssh cannot keep the host keys it accepts in a folder that does not exist
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
         options.append(f"-o UserKnownHostsFile={known_hosts}")
     if ssh.get("port"):
         options.append(f"-p {ssh['port']}")

@@ -127,3 +127,18 @@ def dirt():
 def pytest_sessionstart(session):
     if not shutil.which("node"):
         raise pytest.UsageError("node is needed for the test database server (run bin/test)")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real private sshd on 127.0.0.2 (key-only login as root). If it cannot start, the
+    tests that use it fail: they are never skipped."""
+    from sshd import Sshd, SshdError
+
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except SshdError as exc:
+        pytest.fail(f"the test sshd cannot start: {exc}", pytrace=False)
+    yield server
+    server.stop()
