@@ -33,6 +33,77 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str = ""
+    url: str = ""  # the public address of `dirt web`, for links in notifications
+
+    @property
+    def base_url(self) -> str:
+        """Where the web pages are, for links sent out (mails, commit statuses)."""
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """[notify.email]: a mail when a record ends."""
+
+    to: tuple[str, ...] = ()
+    sender: str = "dirt@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    security: str = "none"  # none | starttls | ssl
+    username: str = ""
+    password: str = field(default="", repr=False)  # DIRT_SMTP_PASSWORD
+    on: str = "always"  # always | failure
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """One [[notify.webhook]]: a JSON POST when a record ends."""
+
+    url: str = ""
+    on: str = "always"  # always | failure
+    secret: str = field(default="", repr=False)  # signs the body (X-Dirt-Signature-256)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """[notify]: what is sent when a record ends, and how hard dirt tries."""
+
+    email: EmailSettings | None = None
+    webhooks: tuple[WebhookSettings, ...] = ()
+    attempts: int = 5
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    """[github]: commit statuses for records whose meta names a repository and revision."""
+
+    token: str = field(default="", repr=False)  # DIRT_GITHUB_TOKEN; empty: no statuses
+    api_url: str = "https://api.github.com"  # GitHub Enterprise: https://HOST/api/v3
+    context: str = "dirt"
+
+
+@dataclass(frozen=True)
+class GitHubHook:
+    """One [[hooks.github]]: a push to `repository` on a branch matching `branch` submits a
+    record with `tasks` (entries as in a record file)."""
+
+    repository: str = ""  # owner/name
+    branch: str = "*"  # a glob: main, release/*, *
+    tasks: tuple[Any, ...] = ()
+    record: str = "{repo}-{branch}-{sha}"
+    secret: str = field(default="", repr=False)  # default: hooks.github_secret
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """[hooks]: records submitted by webhooks (GitHub pushes, or a generic JSON POST)."""
+
+    secret: str = field(default="", repr=False)  # DIRT_HOOKS_SECRET (generic hook)
+    github_secret: str = field(default="", repr=False)  # DIRT_GITHUB_WEBHOOK_SECRET
+    github: tuple[GitHubHook, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +114,9 @@ class Settings:
     home: Path  # per-user folder: the npm install of the embedded server, data outside a project
     master: MasterSettings = field(default_factory=MasterSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    github: GitHubSettings = field(default_factory=GitHubSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,6 +174,96 @@ def _section(config: dict[str, Any], name: str, cls: type) -> Any:
         raise ConfigError(f"{CONFIG_NAME}: [{name}]: {exc}") from None
 
 
+def _table(values: Any, name: str, cls: type, nested: tuple[str, ...] = ()) -> Any:
+    """A table read into `cls`, values checked against the defaults' types; `nested` names
+    keys that hold sub-tables (the caller reads them)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{CONFIG_NAME}: [{name}] must be a table")
+    defaults = cls()
+    unknown = sorted(set(values) - set(cls.__dataclass_fields__) - set(nested))
+    if unknown:
+        raise ConfigError(f"{CONFIG_NAME}: unknown setting {name}.{unknown[0]}")
+    out = {}
+    for key, value in values.items():
+        if key in nested:
+            continue
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            value = (value,) if isinstance(value, str) else value
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{CONFIG_NAME}: {name}.{key} must be a list")
+            out[key] = tuple(value)
+        elif isinstance(default, bool | str) and not isinstance(value, type(default)):
+            raise ConfigError(f"{CONFIG_NAME}: {name}.{key} must be a {type(default).__name__}")
+        else:
+            try:
+                out[key] = type(default)(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: not a number: {value!r}") from None
+    return cls(**out)
+
+
+def _choice(value: str, where: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{CONFIG_NAME}: {where} must be one of {', '.join(allowed)}")
+
+
+def _tables(values: Any, name: str) -> list[dict[str, Any]]:
+    """An array of tables ([[name]]); a single table is taken as a list of one."""
+    values = [values] if isinstance(values, dict) else values
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise ConfigError(f"{CONFIG_NAME}: [[{name}]] must be tables")
+    return values
+
+
+def read_notify(config: dict[str, Any], environ: dict[str, str]) -> NotifySettings:
+    section = config.get("notify", {})
+    notify = _table(section, "notify", NotifySettings, nested=("email", "webhook"))
+    email = None
+    if "email" in section:
+        email = _table(section["email"], "notify.email", EmailSettings)
+        _choice(email.security, "notify.email.security", ("none", "starttls", "ssl"))
+        _choice(email.on, "notify.email.on", ("always", "failure"))
+        if not email.to:
+            raise ConfigError(f"{CONFIG_NAME}: notify.email.to: give at least one address")
+    if environ.get("DIRT_SMTP_PASSWORD") and email is not None:
+        email = replace(email, password=environ["DIRT_SMTP_PASSWORD"])
+    webhooks = []
+    for i, table in enumerate(_tables(section.get("webhook", []), "notify.webhook")):
+        hook = _table(table, f"notify.webhook[{i}]", WebhookSettings)
+        _choice(hook.on, f"notify.webhook[{i}].on", ("always", "failure"))
+        if not hook.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{CONFIG_NAME}: notify.webhook[{i}].url must be an http(s) URL")
+        webhooks.append(hook)
+    return replace(notify, email=email, webhooks=tuple(webhooks))
+
+
+def read_github(config: dict[str, Any], environ: dict[str, str]) -> GitHubSettings:
+    github = _table(config.get("github", {}), "github", GitHubSettings)
+    if environ.get("DIRT_GITHUB_TOKEN"):
+        github = replace(github, token=environ["DIRT_GITHUB_TOKEN"])
+    return replace(github, api_url=github.api_url.rstrip("/"))
+
+
+def read_hooks(config: dict[str, Any], environ: dict[str, str]) -> HooksSettings:
+    section = config.get("hooks", {})
+    hooks = _table(section, "hooks", HooksSettings, nested=("github",))
+    entries = []
+    for i, table in enumerate(_tables(section.get("github", []), "hooks.github")):
+        entry = _table(table, f"hooks.github[{i}]", GitHubHook)
+        if entry.repository.count("/") != 1:
+            raise ConfigError(f"{CONFIG_NAME}: hooks.github[{i}].repository: want owner/name")
+        if not entry.tasks:
+            raise ConfigError(f"{CONFIG_NAME}: hooks.github[{i}].tasks: give the tasks to run")
+        entries.append(entry)
+    return replace(
+        hooks,
+        secret=environ.get("DIRT_HOOKS_SECRET") or hooks.secret,
+        github_secret=environ.get("DIRT_GITHUB_WEBHOOK_SECRET") or hooks.github_secret,
+        github=tuple(entries),
+    )
+
+
 def load(
     project: str | None = None,
     environ: dict[str, str] | None = None,
@@ -124,5 +288,8 @@ def load(
         home=home,
         master=master,
         web=web,
+        notify=read_notify(config, environ),
+        github=read_github(config, environ),
+        hooks=read_hooks(config, environ),
         raw=config,
     )
