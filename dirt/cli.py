@@ -14,6 +14,7 @@ Usage:
   dirt rerun <record> [<task>] [options]
   dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [options]
   dirt web [--host=<h>] [--port=<n>] [options]
+  dirt replicate (<url> [--continuous] [--pull] | --list [--json] | --cancel=<id>) [options]
   dirt (-h | --help)
   dirt --version
 
@@ -28,6 +29,7 @@ Commands:
   rerun     Make a record's ended tasks (or one task) pending again.
   serve     Run the master: claim pending tasks and run them on the hosts.
   web       Serve the results web page.
+  replicate Replicate the database to or from another CouchDB (kept across restarts).
 
 Options:
   --project=<dir>   The project folder (default: $DIRT_PROJECT, else this folder or a parent).
@@ -126,6 +128,21 @@ a second one stops at once (unfinished tasks go back to pending).
 
 Serve the results web page (defaults from dirt.toml [web]).
 """,
+    "replicate": """Usage:
+  dirt replicate <url> [--continuous] [--pull]
+  dirt replicate --list [--json]
+  dirt replicate --cancel=<id>
+
+Replicate the project's database to another CouchDB (or from it, with --pull), through a
+document in the server's _replicator database: the server keeps replicating across restarts.
+<url> is a database URL (http://user:pass@host:5984/farm); a bare server URL means the same
+database name there. Credentials are stored on the server and never printed.
+
+  --continuous     Keep replicating new changes (else replicate once).
+  --pull           Replicate from <url> into this project's database.
+  --list           The replications of this database: id, direction, remote, state.
+  --cancel=<id>    Stop a replication and remove its document.
+""",
 }
 
 log = logging.getLogger("dirt.cli")
@@ -162,7 +179,7 @@ def dispatch(args: dict[str, Any]) -> int:
         return cmd_create(args)
     settings = load(args["--project"])
     for name in ("couch", "hosts", "tasks", "submit", "status", "cancel", "rerun", "serve",
-                 "web"):
+                 "web", "replicate"):
         if args[name]:
             return COMMANDS[name](args, settings)
     raise AssertionError("docopt let through an unknown command")
@@ -423,6 +440,34 @@ def cmd_web(args: dict[str, Any], settings: Settings) -> int:
     return 0
 
 
+def cmd_replicate(args: dict[str, Any], settings: Settings) -> int:
+    from dirt import replication
+
+    couch = client.connect(settings=settings)
+    if args["--cancel"]:
+        done = replication.cancel(couch, args["--cancel"])
+        print(f"replication {done.id} cancelled ({done.direction} {done.remote})")
+        return 0
+    if args["--list"]:
+        found = replication.listing(couch)
+        if args["--json"]:
+            print(json.dumps([r.to_json() for r in found], indent=2))
+            return 0
+        print(table(["id", "direction", "remote", "continuous", "state", "reason"],
+                    [[r.id, r.direction, r.remote, yes(r.continuous), r.state, r.reason[:60]]
+                     for r in found]))
+        return 0
+    started = replication.start(couch, args["<url>"], continuous=args["--continuous"],
+                                pull=args["--pull"])
+    how = "continuous" if started.continuous else "one-shot"
+    way = "from" if started.direction == "pull" else "to"
+    print(f"replication {started.id}: {how} {started.direction} {way} {started.remote} "
+          f"({started.state})")
+    print(f"follow it with: dirt replicate --list; stop it with: dirt replicate --cancel "
+          f"{started.id}")
+    return 0
+
+
 COMMANDS = {
     "couch": cmd_couch,
     "hosts": cmd_hosts,
@@ -433,6 +478,7 @@ COMMANDS = {
     "rerun": cmd_rerun,
     "serve": cmd_serve,
     "web": cmd_web,
+    "replicate": cmd_replicate,
 }
 
 
