@@ -149,3 +149,15 @@ def check_python(transport: paramiko.Transport, python: str, where: str) -> None
         raise HostUnreachable(f"{where}: no such Python: {python!r} (exit status {status})")
     if output != "3":
         raise HostUnreachable(f"{where}: {python!r} is not Python 3 (it says {output!r})")
+
+
+def explain(host: dict[str, Any], known_hosts: Path, error: Exception) -> str:
+    """A clear cause for a gateway that would not open or stopped answering: the first SSH
+    step that fails (execnet itself only says HostNotFound with the ssh command line)."""
+    if not host.get("ssh"):
+        return str(error)
+    try:
+        check_ssh(host["ssh"], known_hosts)
+    except HostUnreachable as exc:
+        return f"host {host['name']}: {exc}"
+    return str(error)

@@ -31,6 +31,7 @@ import execnet
 
 from dirt import couchapp
 from dirt.couch import Couch, inline_attachment
+from dirt.diagnose import explain
 from dirt.documents import (
     ACTIVE,
     FINAL,
@@ -428,18 +429,20 @@ class Master:
             if state.gateway is None:
                 state.gateway = Gateway(name, self.spec_for(doc), self.group)
             threading.Thread(
-                target=self._check_host, args=(name, state.gateway), daemon=True
+                target=self._check_host, args=(doc, state.gateway), daemon=True
             ).start()
 
     def spec_for(self, doc: dict[str, Any]) -> str:
         return gateway_spec(doc, self.settings.state_dir / "known_hosts")
 
-    def _check_host(self, name: str, gateway: Gateway) -> None:
+    def _check_host(self, doc: dict[str, Any], gateway: Gateway) -> None:
+        """Thread: ask the host for its facts; if it does not answer, find out why."""
         try:
             facts = gateway.facts()
-            self.events.put(("host", name, facts, None))
+            self.events.put(("host", doc["name"], facts, None))
         except HostUnreachable as exc:
-            self.events.put(("host", name, None, str(exc)))
+            reason = explain(doc, self.settings.state_dir / "known_hosts", exc)
+            self.events.put(("host", doc["name"], None, reason))
 
     def host_checked(self, name: str, facts: dict | None, error: str | None) -> None:
         state = self.hosts.get(name)

@@ -103,9 +103,13 @@ class Gateway:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def open(self) -> None:
+        """Open the gateway unless it is open; a dead one is let go first."""
         with self.lock:
-            if self.gateway is not None and self.gateway.hasreceiver():
-                return
+            if self.gateway is not None:
+                if self.gateway.hasreceiver():
+                    return
+                _discard(self.gateway, kill=True)
+                self.gateway = None
             try:
                 self.gateway = self.group.makegateway(self.spec)
             except Exception as exc:  # execnet raises bare errors for every transport fault
@@ -145,25 +149,33 @@ class Gateway:
         return channel
 
     def close(self) -> None:
+        """Ask the gateway to exit (its running tasks end with it)."""
         with self.lock:
             gateway, self.gateway = self.gateway, None
         if gateway is not None:
-            try:
-                gateway.exit()
-            except Exception:
-                pass
-            threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
+            _discard(gateway, kill=False)
 
     def kill(self) -> None:
         """End the host's gateway process and everything it started (task processes watch it)."""
         with self.lock:
             gateway, self.gateway = self.gateway, None
         if gateway is not None:
-            try:
-                gateway._io.kill()
-            except Exception:
-                pass
-            threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
+            _discard(gateway, kill=True)
+
+
+def _discard(gateway: Any, kill: bool) -> None:
+    """Let a gateway go: unregister it from its group (so a new one may take its id), end its
+    local process (python or ssh), and reap that process in the background."""
+    try:
+        gateway.exit()
+    except Exception:  # the connection is already broken
+        pass
+    if kill:
+        try:
+            gateway._io.kill()
+        except Exception:
+            pass
+    threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
 
 
 def _reap(gateway: Any, timeout: float = 5.0) -> None:

@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dirt import client, scaffold
 from dirt.couch import Couch
 from dirt.documents import FINAL, State
+from dirt.tasks import Registry
 
 DIRT = str(Path(sys.executable).parent / "dirt")
 
@@ -157,3 +160,23 @@ def assert_exactly_once(couch: Couch, runs_file: Path, expected: int) -> list[di
         assert len(finished) == 1, doc["attempts"]
         assert all(a["ended"] for a in doc["attempts"]), doc["attempts"]
     return docs
+
+
+def make_farm(tmp_path: Path, couch_url: str, hosts: int = 2, slots: int = 2, **master: Any):
+    """A project with the runlog task, short leases and checks, and `hosts` local hosts."""
+    settings = scaffold.create(tmp_path / "farm", f"faults-{uuid.uuid4().hex[:10]}", couch_url,
+                               environ={})
+    add_runlog_task(settings.project)
+    configure(settings.project, **{"lease_seconds": 4, "health_interval": 1,
+                                   "tick_seconds": 0.1, "grace_seconds": 5, **master})
+    couch = Couch(couch_url, settings.database)
+    for i in range(hosts):
+        client.add_host(couch, f"h{i}", "linux", local=True, slots=slots)
+    return settings, couch
+
+
+def submit(settings, couch: Couch, count: int, runs_file: Path, **args: Any) -> str:
+    """A record of `count` runlog tasks; returns its name."""
+    name = f"rec-{uuid.uuid4().hex[:6]}"
+    client.submit(couch, Registry(settings.tasks_dir), name, runlog_tasks(count, runs_file, **args))
+    return name

@@ -6,42 +6,19 @@ each run appends to, that no task ran to its end twice. Each prints how long rec
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from conftest import CouchServer
 from farm import (
     MasterProcess,
-    add_runlog_task,
     all_final,
     assert_exactly_once,
-    configure,
-    runlog_tasks,
+    make_farm,
     runs,
+    submit,
     task_docs,
     wait_for,
 )
-
-from dirt import client, scaffold
-from dirt.couch import Couch
-from dirt.tasks import Registry
-
-
-def make_farm(tmp_path, couch_url: str, hosts: int = 2, slots: int = 2, **master):
-    settings = scaffold.create(tmp_path / "farm", f"faults-{uuid.uuid4().hex[:10]}", couch_url,
-                               environ={})
-    add_runlog_task(settings.project)
-    configure(settings.project, lease_seconds=4, health_interval=1, tick_seconds=0.1,
-              grace_seconds=5, **master)
-    couch = Couch(couch_url, settings.database)
-    for i in range(hosts):
-        client.add_host(couch, f"h{i}", "linux", local=True, slots=slots)
-    return settings, couch
-
-
-def submit(settings, couch, count: int, runs_file, **args) -> None:
-    client.submit(couch, Registry(settings.tasks_dir), f"rec-{uuid.uuid4().hex[:6]}",
-                  runlog_tasks(count, runs_file, **args))
 
 
 def test_master_killed_mid_run_then_restarted(tmp_path, couch_server):
