@@ -383,7 +383,10 @@ class Master:
         self.stale.discard(task_id)
         run = self.runs.get(task_id)
         if run and not self.still_ours(doc, run):
+            # cancelled, or taken over after our lease ran out: end our attempt, write nothing
             self.fence(run, f"task changed elsewhere: now {doc['state']}")
+            self.runs.pop(task_id, None)
+            self.dirty.discard(task_id)
         if doc["state"] in ACTIVE or task_id in self.runs:
             self.tasks[task_id] = doc
         else:

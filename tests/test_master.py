@@ -418,16 +418,6 @@ def test_attached_artifacts_are_stored(farm):
 
 # -- cancel -------------------------------------------------------------------------------------
 
-CANCELLED_RUN_IS_KEPT = (
-    "master.py: update_task() fences a run whose task was cancelled elsewhere but leaves it in "
-    "Master.runs, and task_message() drops the fenced run's ending message, so the run is "
-    "never removed: renew_runs() keeps writing lease_until over the cancelled document, the "
-    "slot stays taken and idle() stays False (serve --drain never returns) until "
-    "expire_leases() gives up on it after timeout + 30 s"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CANCELLED_RUN_IS_KEPT)
 def test_cancel_ends_the_running_process(farm, tmp_path):
     farm.settings = farm.settings.with_(
         master=replace(farm.settings.master, lease_seconds=1.5))  # renewals every 0.5 s

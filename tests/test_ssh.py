@@ -76,7 +76,9 @@ def test_an_unreachable_ssh_host_is_not_alive_and_says_why(project, sshd):
         farm.run_until(master, lambda: farm.couch.get("host:closed")["alive"] is False,
                        timeout=30, what="the host to be marked not alive")
         host = farm.couch.get("host:closed")
-        assert host["reason"].startswith("host closed: cannot open gateway")
+        assert host["reason"].startswith(f"host closed: {sshd.destination}:")
+        assert host["reason"].endswith("connection refused (is sshd running on port "
+                                       f"{host['ssh']['port']}?)")
         for _ in range(5):
             master.loop_once(wait=0.05)
         task = farm.doc("task:r1:echo:linux")
