@@ -59,14 +59,24 @@ def load_record_file(path: str | Path) -> dict[str, Any]:
             where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise InvalidRecord(f"{path}: malformed YAML: {where}{problem}") from None
+    return check_record_spec(data, str(path))
+
+
+def check_record_spec(data: Any, where: str, need_name: bool = False) -> dict[str, Any]:
+    """A record description (what `dirt submit --file` reads, and the JSON hook takes):
+    a mapping of name, description, submitter, meta and tasks; InvalidRecord otherwise."""
     if not isinstance(data, dict):
-        raise InvalidRecord(f"{path}: a record file holds a mapping (name, meta, tasks, ...)")
+        raise InvalidRecord(f"{where}: a record file holds a mapping (name, meta, tasks, ...)")
     unknown = sorted(set(data) - RECORD_KEYS)
     if unknown:
-        raise InvalidRecord(f"{path}: unknown key {unknown[0]!r} (known: {sorted(RECORD_KEYS)})")
+        raise InvalidRecord(f"{where}: unknown key {unknown[0]!r} (known: {sorted(RECORD_KEYS)})")
     tasks = data.get("tasks") or []
     if not isinstance(tasks, list):
-        raise InvalidRecord(f"{path}: tasks must be a list")
+        raise InvalidRecord(f"{where}: tasks must be a list")
+    if need_name and not data.get("name"):
+        raise InvalidRecord(f"{where}: a record needs a name")
+    if data.get("meta") is not None and not isinstance(data["meta"], dict):
+        raise InvalidRecord(f"{where}: meta must be a mapping of names to values")
     return data
 
 

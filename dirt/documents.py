@@ -75,6 +75,11 @@ def host_id(name: str) -> str:
     return f"host:{name}"
 
 
+def hook_id(source: str, delivery: str) -> str:
+    """`hook:<source>:<delivery>`: one webhook delivery (source github or generic)."""
+    return f"hook:{source}:{delivery}"
+
+
 # -- records and tasks --------------------------------------------------------------------------
 
 
@@ -228,6 +233,42 @@ def new_host(
 def host_slots(host: dict[str, Any]) -> int:
     """How many tasks a host runs at once: its `slots`, else its CPU count, else 1."""
     return int(host.get("slots") or (host.get("facts") or {}).get("cpus") or 1)
+
+
+# -- webhook deliveries and notifications -------------------------------------------------------
+
+HOOK_SOURCES = ("github", "generic")
+HOOK_STATES = ("accepted", "done", "refused")  # accepted: a record is being submitted for it
+
+
+def new_hook(source: str, delivery: str, event: str, **details: Any) -> dict[str, Any]:
+    """The document that remembers a webhook delivery, so a replay submits nothing twice."""
+    if source not in HOOK_SOURCES:
+        raise InvalidRecord(f"unknown hook source {source!r}")
+    check_name("delivery id", delivery)
+    at = now_iso()
+    return {
+        "_id": hook_id(source, delivery),
+        "type": "hook",
+        "source": source,
+        "delivery": delivery,
+        "event": event,
+        "state": "accepted",
+        "record": None,
+        "reason": "",
+        "received": at,
+        "updated": at,
+        **details,
+    }
+
+
+def notification_entry(
+    kind: str, target: str, event: str, ok: bool, attempts: int, error: str = ""
+) -> dict[str, Any]:
+    """One line of a record's `notifications`: what was sent (or failed) and where to. The
+    target never carries credentials."""
+    return {"kind": kind, "target": target, "event": event, "ok": ok, "attempts": attempts,
+            "error": error, "at": now_iso()}
 
 
 # -- summaries ----------------------------------------------------------------------------------

@@ -45,6 +45,12 @@ function (newDoc, oldDoc, userCtx, secObj) {
     need(newDoc.slots === null || newDoc.slots === undefined ||
          (typeof newDoc.slots === 'number' && newDoc.slots >= 1), 'host slots must be >= 1');
     need((newDoc.ssh === null) !== (newDoc.local === null), 'a host is either ssh or local');
+  } else if (newDoc.type === 'hook') {
+    need(['github', 'generic'].indexOf(newDoc.source) >= 0, 'a hook source is github or generic');
+    need(isString(newDoc.delivery) && name.test(newDoc.delivery), 'invalid hook delivery id');
+    need(newDoc._id === 'hook:' + newDoc.source + ':' + newDoc.delivery,
+         'a hook id is hook:<source>:<delivery>');
+    need(['accepted', 'done', 'refused'].indexOf(newDoc.state) >= 0, 'invalid hook state');
   } else {
     need(false, 'unknown document type ' + JSON.stringify(newDoc.type));
   }
