@@ -56,3 +56,12 @@ class HostUnreachable(DirtError):
 
 class EmbeddedServerError(DirtError):
     """The embedded CouchDB-compatible server cannot be installed or started."""
+
+
+class NotificationFailed(DirtError):
+    """A notification (mail, webhook, commit status) could not be sent; `permanent` when
+    trying again cannot help (refused credentials, a rejected address)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
