@@ -72,14 +72,15 @@ def state_of(summary: dict[str, Any], ended: bool) -> str:
 
 
 def describe(summary: dict[str, Any], ended: bool) -> str:
-    """One short line: '3 of 4 tasks passed, 1 failed', 'running: 1 of 4 tasks done'."""
+    """One short line: '4 tasks passed', '3 of 4 tasks passed, 1 failed',
+    'running: 1 of 4 tasks done'."""
     counts, total = summary["counts"], summary["total"]
     passed = counts.get("success", 0)
     if not ended:
         done = total - counts.get("pending", 0) - counts.get("running", 0)
         return f"running: {done} of {total} tasks done"
     if passed == total:
-        return f"all {total} tasks passed"
+        return f"{total} task{'' if total == 1 else 's'} passed"
     others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "success")
     return f"{passed} of {total} tasks passed, {others}"
 
