@@ -12,7 +12,7 @@ Usage:
   dirt status [<record>] [--json] [--limit=<n>] [options]
   dirt cancel <record> [<task>] [options]
   dirt rerun <record> [<task>] [options]
-  dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [options]
+  dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [--metrics-port=<n>] [options]
   dirt web [--host=<h>] [--port=<n>] [options]
   dirt replicate (<url> [--continuous] [--pull] | --list [--json] | --cancel=<id>) [options]
   dirt (-h | --help)
@@ -114,7 +114,7 @@ task's process is ended on its host.
 
 Make the record's ended tasks (or one task) pending again; their earlier attempts are kept.
 """,
-    "serve": """Usage: dirt serve [--drain] [--platform=<p>]... [--hosts=<names>]
+    "serve": """Usage: dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [--metrics-port=<n>]
 
 Run the master: follow the database, claim pending tasks, run them on the hosts, write the
 results. SIGTERM or Ctrl-C stops taking tasks and lets running ones finish for grace_seconds;
@@ -123,6 +123,10 @@ a second one stops at once (unfinished tasks go back to pending).
   --drain              Exit 0 once nothing is pending or running.
   --platform=<p>       Only tasks and hosts of this platform (repeatable).
   --hosts=<names>      Only these hosts (comma-separated), to share a farm between masters.
+  --metrics-port=<n>   Serve this master's Prometheus metrics on 127.0.0.1:<n>/metrics.
+
+Notifications ([notify] mail and webhooks, [github] commit statuses in dirt.toml) are sent by
+the master from a thread of their own; see docs/ecosystem.md.
 """,
     "web": """Usage: dirt web [--host=<h>] [--port=<n>]
 
@@ -418,14 +422,41 @@ def cmd_rerun(args: dict[str, Any], settings: Settings) -> int:
 
 
 def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
+    from dirt import notify
     from dirt.master import Master
 
     needs_project(settings)
     couch = client.connect(settings=settings)
     hosts = [h for h in (args["--hosts"] or "").split(",") if h]
+    listeners: list[Any] = []
+    server = None
+    if args["--metrics-port"]:
+        from dirt.metrics import MasterMetrics
+
+        metrics = MasterMetrics()
+        listeners.append(metrics)
+        server = metrics.serve(whole_number(args["--metrics-port"], "--metrics-port"))
+        log.info("master: metrics at %s", server.url)
+    notifier = notify.Notifier(couch, settings) if notify.enabled(settings) else None
+    if notifier:
+        listeners.append(notifier)
+        notifier.start()
     master = Master(couch, settings, platforms=args["--platform"] or None,
-                    host_names=hosts or None)
-    return master.run(drain=args["--drain"])
+                    host_names=hosts or None, listeners=listeners)
+    try:
+        return master.run(drain=args["--drain"])
+    finally:
+        if notifier:
+            notifier.stop()
+        if server:
+            server.close()
+
+
+def whole_number(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DirtError(f"{option} takes a whole number, not {value!r}") from None
 
 
 def cmd_web(args: dict[str, Any], settings: Settings) -> int:

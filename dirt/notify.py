@@ -276,9 +276,12 @@ class Notifier(Listener):
     # -- running ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Find where to read the changes feed from, and start the notifier's thread."""
-        checkpoint = self.couch.get_local(CHECKPOINT) or {}
-        self.seq = checkpoint.get("seq") or self.couch.info()["update_seq"]
+        """Find the place in the changes feed to read from, and start the notifier's thread
+        (with the database down, the thread finds the place once it answers)."""
+        try:
+            self.seq = self.first_seq()
+        except DirtError as exc:
+            log.warning("notifier: %s; starting anyway", exc)
         self.thread = threading.Thread(target=self.run, name="dirt-notifier", daemon=True)
         self.thread.start()
 
@@ -310,6 +313,11 @@ class Notifier(Listener):
             self.check_all(names)
         self.check_all(self.drain() | self.changed_records())
 
+    def first_seq(self) -> str | int:
+        """Where the last notifier stopped (the checkpoint), else the database's now."""
+        checkpoint = self.couch.get_local(CHECKPOINT) or {}
+        return checkpoint.get("seq") or self.couch.info()["update_seq"]
+
     def drain(self) -> set[str]:
         names = set()
         while True:
@@ -324,6 +332,8 @@ class Notifier(Listener):
         names = set(self.retry)
         self.retry.clear()
         try:
+            if self.seq is None:
+                self.seq = self.first_seq()
             while True:
                 answer = self.couch.changes(since=self.seq, include_docs=True, limit=500)
                 for change in answer["results"]:
