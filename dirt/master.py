@@ -458,7 +458,8 @@ class Master:
         state.ready = facts is not None
         if facts is not None:
             if was_alive is not True:
-                log.info("host %s: alive (%s, Python %s)", name, facts["os"], facts["python"])
+                log.info("host %s: alive (%s, Python %s)", name, facts["os"], facts["python"],
+                         extra={"host": name})
             changed = doc.get("alive") is not True or doc.get("facts") != facts
             doc.update(alive=True, reason="", facts=facts)
             last = doc.get("last_seen_ts") or 0
@@ -467,7 +468,7 @@ class Master:
                 doc["last_seen_ts"] = time.time()
                 self.dirty_hosts.add(name)
             return
-        log.warning("host %s: not alive: %s", name, error)
+        log.warning("host %s: not alive: %s", name, error, extra={"host": name})
         if was_alive is not False or doc.get("reason") != error:
             doc.update(alive=False, reason=error)
             self.dirty_hosts.add(name)
@@ -575,7 +576,7 @@ class Master:
                 doc = self.tasks[task.id]
                 doc["ended"] = now_iso()
                 set_state(doc, State.UNSCHEDULABLE, reason)
-                log.info("task %s: unschedulable: %s", task.id, reason)
+                log.info("task %s: unschedulable: %s", task.id, reason, extra={"task": task.id})
                 self.dirty.add(task.id)
 
     def claim(self, now: float) -> list[dict[str, Any]]:
@@ -648,7 +649,8 @@ class Master:
                 self.finish(run, "released", str(exc))  # it never started: no attempt used
                 self.host_checked(doc["host"], None, str(exc))
                 continue
-            log.info("task %s: started on %s", doc["_id"], doc["host"])
+            log.info("task %s: started on %s", doc["_id"], doc["host"],
+                     extra={"task": doc["_id"], "host": doc["host"]})
             self.tell("task_started", doc, waited_since_pending(doc))
 
     def record_of(self, task: dict[str, Any]) -> dict[str, Any]:
@@ -704,7 +706,7 @@ class Master:
             return
         if kind == "lost":
             log.warning("task %s: attempt %d on %s lost: %s", run.task_id, run.attempt,
-                        run.host, payload)
+                        run.host, payload, extra={"task": run.task_id, "host": run.host})
             self.end_attempt(doc, "lost", str(payload))
             return
         state, reason, result = outcome_of(kind, payload)
@@ -713,7 +715,7 @@ class Master:
                    duration=round(time.monotonic() - run.started, 3))
         set_state(doc, state, reason, at)
         log.info("task %s: %s on %s%s", run.task_id, state.value, run.host,
-                 f": {reason}" if reason else "")
+                 f": {reason}" if reason else "", extra={"task": run.task_id, "host": run.host})
         self.dirty.add(run.task_id)
 
     def attach_outputs(self, doc: dict[str, Any], run: Run) -> None:
@@ -788,7 +790,7 @@ class Master:
             return
         if answer["error"] != "conflict":
             log.error("task %s: write refused: %s: %s", task_id, answer["error"],
-                      answer.get("reason"))
+                      answer.get("reason"), extra={"task": task_id})
             self.dirty.discard(task_id)
             return
         self.merge_conflict(doc)
@@ -813,7 +815,7 @@ class Master:
             mine["_rev"] = theirs["_rev"]
             return  # stays dirty, written on the next pass
         log.info("task %s: changed elsewhere (%s); our attempt is dropped", task_id,
-                 theirs.get("state"))
+                 theirs.get("state"), extra={"task": task_id})
         self.dirty.discard(task_id)
         if run:
             self.fence(run, f"task changed elsewhere: now {theirs.get('state')}")
@@ -837,7 +839,8 @@ class Master:
         if run.fenced:
             return
         run.fenced = True
-        log.info("task %s: ending its process on %s: %s", run.task_id, run.host, reason)
+        log.info("task %s: ending its process on %s: %s", run.task_id, run.host, reason,
+                 extra={"task": run.task_id, "host": run.host})
         try:
             if run.channel is not None:
                 run.channel.send("kill")
