@@ -34,6 +34,7 @@ Commands:
 Options:
   --project=<dir>   The project folder (default: $DIRT_PROJECT, else this folder or a parent).
   -v --verbose      Log more (debug level).
+  --log-format=<f>  Log lines as text, or json (one object a line) [default: text].
   -h --help         Show this help (`dirt <command> --help` for one command).
 """
 
@@ -47,7 +48,7 @@ from typing import Any
 
 from docopt import DocoptExit, docopt
 
-from dirt import __version__, client, embedded
+from dirt import __version__, client, embedded, logs
 from dirt.couch import safe_url
 from dirt.documents import State
 from dirt.errors import DirtError, InvalidHost, InvalidRecord
@@ -162,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except DocoptExit as exc:
         print(str(exc).strip(), file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args["--verbose"] else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    try:
+        logs.setup(logging.DEBUG if args["--verbose"] else logging.INFO, args["--log-format"])
+    except ValueError as exc:
+        print(f"dirt: error: {exc}", file=sys.stderr)
+        return 2
     if not args["--verbose"]:
         for noisy in ("urllib3", "paramiko"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
