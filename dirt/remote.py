@@ -114,6 +114,7 @@ class Gateway:
                 self.gateway = self.group.makegateway(self.spec)
             except Exception as exc:  # execnet raises bare errors for every transport fault
                 self.gateway = None
+                _release_failed_io(exc)
                 raise HostUnreachable(
                     f"host {self.name}: cannot open gateway: {describe(exc)}"
                 ) from None
@@ -176,6 +177,26 @@ def _discard(gateway: Any, kill: bool) -> None:
         except Exception:
             pass
     threading.Thread(target=_reap, args=(gateway,), daemon=True).start()
+
+
+def _release_failed_io(exc: BaseException) -> None:
+    """Close the pipes and reap the process (python or ssh) of a gateway that failed to start:
+    execnet drops them with the exception, and they linger (a ResourceWarning) until the
+    garbage collector finds the cycle."""
+    tb = exc.__traceback__
+    while tb is not None:
+        popen = getattr(tb.tb_frame.f_locals.get("io"), "popen", None)
+        if isinstance(popen, subprocess.Popen):
+            for pipe in (popen.stdin, popen.stdout):
+                if pipe is not None:
+                    pipe.close()
+            try:
+                popen.wait(5)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+            return
+        tb = tb.tb_next
 
 
 def _reap(gateway: Any, timeout: float = 5.0) -> None:

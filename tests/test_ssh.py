@@ -60,12 +60,6 @@ def test_a_task_runs_on_an_ssh_host_through_the_master(project, dirt, sshd):
     assert [line.split()[-1] for line in known] == [host_key]
 
 
-# execnet leaves the pipes of an ssh gateway that failed to bootstrap for the garbage collector
-# to close (a ResourceWarning in the master's health-check thread); nothing else leaks.
-EXECNET_FAILED_BOOTSTRAP = "ignore::pytest.PytestUnraisableExceptionWarning"
-
-
-@pytest.mark.filterwarnings(EXECNET_FAILED_BOOTSTRAP)
 def test_an_unreachable_ssh_host_is_not_alive_and_says_why(project, sshd):
     farm = Farm(project)
     try:
@@ -88,7 +82,6 @@ def test_an_unreachable_ssh_host_is_not_alive_and_says_why(project, sshd):
         farm.close()
 
 
-@pytest.mark.filterwarnings(EXECNET_FAILED_BOOTSTRAP)
 def test_a_key_the_host_does_not_accept(project, sshd, tmp_path):
     from sshd import keygen
 
