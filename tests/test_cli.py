@@ -365,6 +365,14 @@ def test_project_folder_that_is_not_a_project(unchanged, dirt, tmp_path, command
     refused(done, f"{plain} is not a dirt project")
 
 
+def test_a_broken_dirt_toml(couch_server, dirt, tmp_path):
+    folder = tmp_path / "broken"
+    scaffold.write_files(folder, "dirt", couch_server.url)
+    (folder / "dirt.toml").write_text("[couchdb\nurl = 'x'\n")
+    done = dirt("status", f"--project={folder}")
+    refused(done, f"{folder / 'dirt.toml'}: ")
+
+
 def test_outside_any_project(dirt, tmp_path):
     done = run_dirt("tasks", env={"DIRT_PROJECT": ""}, project=None)
     refused(done, "not in a dirt project")
