@@ -3,8 +3,13 @@ cancel, re-run, manage hosts. The CLI and CI scripts call these; so may anyone.
 
     from dirt import client
     couch = client.connect(project="path/to/project")
-    client.submit(couch, client.registry(...), "rev-1234", ["build@linux", "test@linux"])
-    summary = client.wait(couch, "rev-1234")
+    client.submit(couch, client.registry(project="path/to/project"), "rev-1234",
+                  ["build@linux", "test@linux"], meta={"revision": "1234"})
+    status = client.wait(couch, "rev-1234", timeout=3600)
+    sys.exit(client.exit_code(status))
+
+The names in `__all__` are the stable API (docs/client.md): their arguments keep working
+across releases; new arguments are keyword-only with defaults.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ from dirt.scheduler import parse_requirements
 from dirt.settings import Settings, load
 from dirt.tasks import Registry
 
+__all__ = [
+    "connect", "registry", "submit", "load_record_file", "wait", "exit_code", "record_status",
+    "list_records", "get_record", "record_tasks", "cancel", "rerun", "list_hosts", "add_host",
+    "remove_host", "enable_host",
+]
+
 RECORD_KEYS = {"name", "description", "submitter", "meta", "tasks"}
 TASK_KEYS = {"name", "platform", "args", "requires", "key"}
 
@@ -32,6 +43,11 @@ TASK_KEYS = {"name", "platform", "args", "requires", "key"}
 def connect(project: str | None = None, settings: Settings | None = None) -> Couch:
     """The project's database, starting the embedded server when none is configured."""
     return embedded.connect(settings or load(project))
+
+
+def registry(project: str | None = None, settings: Settings | None = None) -> Registry:
+    """The project's task modules (its tasks/ folder): what a record may name."""
+    return Registry((settings or load(project)).tasks_dir)
 
 
 # -- submitting ---------------------------------------------------------------------------
