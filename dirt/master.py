@@ -31,7 +31,7 @@ import execnet
 
 from dirt import couchapp
 from dirt.couch import Couch, inline_attachment
-from dirt.diagnose import explain
+from dirt.diagnose import check_ssh, explain
 from dirt.documents import (
     ACTIVE,
     FINAL,
@@ -70,18 +70,29 @@ class LogBuffer:
         self.dropped = 0
         self.dirty = False
 
-    def add(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8", "replace")
+    def add(self, text: str) -> None:
+        """Add a line (or a batch of lines) of output."""
+        data = (text + "\n").encode("utf-8", "replace")
         self.dirty = True
-        if len(self.head) < self.head_limit:
-            self.head += data
-            return
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+            if not data:
+                return
         self.tail.append(data)
         self.tail_size += len(data)
-        while self.tail_size > self.limit - self.head_limit and self.tail:
-            gone = self.tail.popleft()
-            self.tail_size -= len(gone)
-            self.dropped += len(gone)
+        excess = self.tail_size - (self.limit - self.head_limit)
+        while excess > 0:
+            first = self.tail[0]
+            cut = min(len(first), excess)
+            if cut == len(first):
+                self.tail.popleft()
+            else:
+                self.tail[0] = first[cut:]
+            self.tail_size -= cut
+            self.dropped += cut
+            excess -= cut
 
     def render(self) -> bytes:
         note = b""
@@ -331,6 +342,8 @@ class Master:
                     if self.feed_stop.is_set():
                         return
             except DirtError as exc:
+                if self.feed_stop.is_set():
+                    return
                 log.warning("master: changes feed: %s; retrying in %.1f s", exc, delay)
                 self.feed_stop.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -440,11 +453,18 @@ class Master:
 
     def _check_host(self, doc: dict[str, Any], gateway: Gateway) -> None:
         """Thread: ask the host for its facts; if it does not answer, find out why."""
+        known_hosts = self.settings.state_dir / "known_hosts"
         try:
+            if doc.get("ssh") and not gateway.is_open():
+                # walk the SSH steps first: a clear cause, and no half-made execnet bootstrap
+                check_ssh(doc["ssh"], known_hosts)
             facts = gateway.facts()
             self.events.put(("host", doc["name"], facts, None))
         except HostUnreachable as exc:
-            reason = explain(doc, self.settings.state_dir / "known_hosts", exc)
+            reason = str(exc) if "cannot open gateway" not in str(exc) else \
+                explain(doc, known_hosts, exc)
+            if not reason.startswith(f"host {doc['name']}"):
+                reason = f"host {doc['name']}: {reason}"
             self.events.put(("host", doc["name"], None, reason))
 
     def host_checked(self, name: str, facts: dict | None, error: str | None) -> None:
@@ -682,7 +702,10 @@ class Master:
             self.add_artifact(run, message[1], message[2], message[3])
         elif kind in ENDINGS:
             if kind == "lost" and run.host in self.hosts:
-                self.hosts[run.host].next_check = 0.0  # is the host still there? ask now
+                host = self.hosts[run.host]
+                host.next_check = 0.0  # is the host still there? ask now
+                if str(message[1]).startswith("connection"):
+                    host.ready = False  # no new task there until the check says it is back
             self.finish(run, kind, message[1])
 
     def add_artifact(self, run: Run, name: str, b64: str, content_type: str) -> None:

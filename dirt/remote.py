@@ -119,6 +119,10 @@ class Gateway:
                     f"host {self.name}: cannot open gateway: {describe(exc)}"
                 ) from None
 
+    def is_open(self) -> bool:
+        gateway = self.gateway
+        return gateway is not None and gateway.hasreceiver()
+
     def facts(self, timeout: float = 20.0) -> dict[str, Any]:
         """Ask the host what it is (OS, arch, Python, CPUs, memory, hostname)."""
         self.open()

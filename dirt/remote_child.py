@@ -1,9 +1,10 @@
 """The task process on a host: loads one task module from source and runs `execute(ctx)`.
 
-Started by remote_runner.py as `python -u -c <this source>`, in a session of its own so that
-ending it ends everything it started. Standard library only: nothing is installed on hosts.
-Reads the job as one JSON line on stdin; writes messages as JSON lines on the pipe it names;
-its stdout and stderr become the task's log.
+Started by remote_runner.py in a session of its own, so that ending it ends everything it
+started: forked from the gateway process where the host can fork (a millisecond), else as
+`python -u -c <this source>` reading the job as one JSON line on stdin. Writes messages as JSON
+lines on the pipe the job names; its stdout and stderr become the task's log. Standard library
+only: nothing is installed on hosts.
 """
 
 import base64
@@ -74,7 +75,7 @@ def watch_parent(parent):
 
 
 def load(job):
-    filename = "tasks/%s.py" % job["task"]
+    filename = "tasks/{}.py".format(job["task"])
     source = job["source"]
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType("dirt_task_" + job["task"])
@@ -84,9 +85,9 @@ def load(job):
     return module
 
 
-def main():
+def run_job(job):
+    """Run the task module's execute(ctx) and send its result (or its traceback)."""
     global MESSAGES
-    job = json.loads(sys.stdin.readline())
     MESSAGES = os.fdopen(job["message_fd"], "w", buffering=1)
     threading.Thread(target=watch_parent, args=(job["parent"],), daemon=True).start()
     os.chdir(job["workdir"])
@@ -95,7 +96,7 @@ def main():
         result = module.execute(Context(job))
     except BaseException as exc:
         sys.stdout.flush()
-        # the first frame is this file's main(): the traceback starts at the task's code
+        # the first frame is this function: the traceback starts at the task's code
         send("error", "".join(traceback.format_exception(exc, exc, exc.__traceback__.tb_next)))
         return
     sys.stdout.flush()
@@ -103,9 +104,14 @@ def main():
     try:
         json.dumps(result)
     except (TypeError, ValueError) as exc:
-        send("error", "task returned a result that is not JSON: %s" % exc)
+        send("error", f"task returned a result that is not JSON: {exc}")
         return
     send("result", result)
+
+
+def main():
+    """As a new interpreter (`python -u -c <this source>`): the job is one line on stdin."""
+    run_job(json.loads(sys.stdin.readline()))
 
 
 if __name__ == "__main__":
