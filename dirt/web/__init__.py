@@ -38,6 +38,7 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
         POLL_MS=2000,  # how often pages ask whether the database changed
         LOG_POLL_MS=1000,  # how often a running task's log is fetched
         PAGE_SIZE=25,
+        TOTALS_SECONDS=30.0,  # how long the records page reuses its counts of all tasks
         JSON_SORT_KEYS=False,
         COUCHAPP_STYLESHEET=couchapp.FOLDER / "_attachments" / "dirt.css",
     )

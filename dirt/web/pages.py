@@ -6,6 +6,7 @@ static/live.js swaps that in when the database changed, so pages stay current wi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import (
@@ -70,10 +71,21 @@ def records() -> Response | str:
     )
     return page(
         "records.html", page=result, q=text or "", state=state or "",
-        totals=queries.state_counts(couch()),
+        totals=totals(),
         older_url=result.older and url_for(".records", older=result.older, q=text, state=state),
         newer_url=result.newer and url_for(".records", newer=result.newer, q=text, state=state),
     )
+
+
+def totals() -> dict[str, int]:
+    """Counts of all tasks by state: a grouped reduce over every task, so it is read at most
+    every TOTALS_SECONDS, not on every refresh of the records page."""
+    cache = current_app.extensions["dirt"]
+    at, counts = cache.get("totals", (0.0, {}))
+    if time.monotonic() - at > current_app.config["TOTALS_SECONDS"]:
+        counts = queries.state_counts(couch())
+        cache["totals"] = (time.monotonic(), counts)
+    return counts
 
 
 @bp.get("/records/<name>")

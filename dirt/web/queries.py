@@ -18,7 +18,7 @@ from dirt.errors import InvalidRecord, NotFound
 from dirt.web import history
 
 BATCH = 100  # records read per view query while filtering
-SCAN_LIMIT = 2000  # records looked at for one filtered page before it is returned part-full
+SCAN_LIMIT = 1000  # records looked at for one filtered page before it is returned part-full
 HISTORY_BATCH = 200
 
 

@@ -81,10 +81,23 @@
   function docUrl(id) { return '../../' + encodeURIComponent(id); }
 
   // -- records ----------------------------------------------------------------------------
+  // Counts over the whole database are a grouped reduce over every task: read them once a
+  // minute, not on every refresh.
+  var totalsCache = null;
+  var totalsAt = 0;
+  function totals() {
+    if (totalsCache && Date.now() - totalsAt < 60000) return Promise.resolve(totalsCache);
+    return view('state_counts', {group: true}).then(function (answer) {
+      totalsCache = answer;
+      totalsAt = Date.now();
+      return answer;
+    });
+  }
+
   function showRecords() {
     var params = {descending: true, limit: PAGE + 1};
     if (current) { params.startkey = current[0]; params.startkey_docid = current[1]; }
-    return Promise.all([view('records_by_time', params), view('state_counts', {group: true})])
+    return Promise.all([view('records_by_time', params), totals()])
       .then(function (answers) {
         var rows = answers[0].rows.slice(0, PAGE);
         var next = answers[0].rows[PAGE];
@@ -150,7 +163,10 @@
         var rows = answers[1].rows.map(function (r) {
           var t = r.value;
           var links = Object.keys(files[r.id] || {}).sort().map(function (f) {
-            return el('a', {href: docUrl(r.id) + '/' + encodeURIComponent(f)}, [f === 'log.txt' ? 'log' : f]);
+            // artifacts are downloaded, never opened as pages of the database's origin
+            var attrs = {href: docUrl(r.id) + '/' + encodeURIComponent(f)};
+            if (f !== 'log.txt') attrs.download = f;
+            return el('a', attrs, [f === 'log.txt' ? 'log' : f]);
           });
           return el('tr', {}, [
             el('td', {'class': 'name'}, [t.name]), el('td', {}, [t.platform]),

@@ -1,0 +1,225 @@
+"""The web pages in a real Chromium (Playwright), over a real master running real tasks on a
+local host: records, a record, a running task's log growing, a state change arriving without a
+reload, write actions behind the token, hosts, history, and the CouchApp served by the database.
+
+Screenshots of each page land in docs/screenshots/. If Chromium cannot start, this fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DIRT
+from playwright.sync_api import expect, sync_playwright
+from werkzeug.serving import make_server
+
+from dirt import client
+from dirt.couch import Couch
+from dirt.settings import WebSettings
+from dirt.tasks import Registry
+from dirt.web import create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+TOKEN = "browser-token"
+TIMEOUT_MS = 30_000
+
+REPORT_TASK = '''"""Log a few lines and attach a report: a task with artifacts."""
+
+
+def execute(ctx):
+    for i in range(3):
+        ctx.log(f"checking part {i}")
+    ctx.attach("report.html", "<h1>report</h1><script>alert(1)</script>", "text/html")
+    ctx.attach("summary.json", '{"checked": 3}', "application/json")
+    return {"success": True, "reason": "3 parts checked", "checked": 3}
+'''
+
+
+@pytest.fixture
+def farm(project, tmp_path):
+    """A project with a local host, a master (`dirt serve`) and the web app on a free port."""
+    couch = Couch(project.couch_url, project.database)
+    client.add_host(couch, "local", "linux", local=True, slots=3, labels=["x86_64", "docker"])
+    (project.project / "tasks" / "report.py").write_text(REPORT_TASK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
+    env["DIRT_HOME"] = os.environ.get("DIRT_HOME", str(Path.home() / ".local/share/dirt"))
+    with open(tmp_path / "master.log", "wb") as log:
+        master = subprocess.Popen([DIRT, "serve"], cwd=project.project, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    settings = project.with_(web=WebSettings(token=TOKEN))
+    app = create_app(settings, couch, POLL_MS=500, LOG_POLL_MS=400, TOTALS_SECONDS=0)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield couch, Registry(project.tasks_dir), f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        master.terminate()
+        try:
+            master.wait(30)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+
+
+def submit_history(couch: Couch, registry: Registry) -> None:
+    """Five nightly records whose `shell` test flips between pass and fail (flaky)."""
+    for i, code in enumerate([0, 1, 0, 0, 1]):
+        client.submit(couch, registry, f"nightly-{i}", [
+            {"name": "shell", "platform": "linux",
+             "args": {"command": f"echo run {i}; sleep 0.{i + 2}; exit {code}"}},
+            "echo",
+        ], description=f"nightly build {i}", submitter="ci")
+    for i in range(5):
+        client.wait(couch, f"nightly-{i}", timeout=90, interval=0.3)
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_pages_in_a_real_browser(farm, couch_server):
+    couch, registry, base = farm
+    submit_history(couch, registry)
+    client.submit(couch, registry, "rev-1234", [
+        "echo", "report", {"name": "sleep", "platform": "linux", "args": {"seconds": 7}},
+    ], description="Nightly build of <main> — escaped, not markup", submitter="alice",
+        meta={"revision": "1a2b3c4", "branch": "main"})
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                    timeout=TIMEOUT_MS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            # Records: newest first, with the record just submitted
+            page.goto(base + "/")
+            rows = page.locator("table.records tbody tr")
+            expect(rows.first.locator("td.name a")).to_have_text("rev-1234")
+            expect(rows).to_have_count(6)
+            expect(page.locator("text=Nightly build of <main>")).to_be_visible()
+
+            # Follow the record; keep it open in this tab to watch a state change arrive
+            page.click("text=rev-1234")
+            expect(page.locator("h1")).to_have_text("rev-1234")
+            sleep_row = page.locator("table.tasks tr", has=page.locator("a", has_text="sleep"))
+            expect(sleep_row.locator(".badge")).to_have_text("running")
+            page.evaluate("window.stillHere = true")
+
+            # The task's log grows in a second tab, without a reload
+            task_page = context.new_page()
+            task_page.goto(base + "/records/rev-1234/tasks/sleep/linux")
+            task_page.evaluate("window.stillHere = true")
+            log = task_page.locator("#log")
+            expect(log).to_contain_text("slept 1 of 7")
+            first = len(log.inner_text())
+            expect(log).to_contain_text("slept 4 of 7")
+            assert len(log.inner_text()) > first
+            shot(task_page, "task-running")
+            expect(task_page.locator("#live .summary .badge")).to_have_text("success")
+            expect(log).to_contain_text("slept 6 of 7")
+            expect(task_page.locator("#log-state")).to_contain_text("ended: success")
+            assert task_page.evaluate("window.stillHere") is True
+
+            # ... and the record tab saw the state change without a reload
+            expect(sleep_row.locator(".badge")).to_have_text("success")
+            expect(page.locator("#live .summary .badge").first).to_have_text("success")
+            assert page.evaluate("window.stillHere") is True
+            shot(page, "record")
+
+            # A finished task with a result and artifacts
+            page.click("table.tasks >> text=report")
+            expect(page.locator("#live .summary .badge")).to_have_text("success")
+            expect(page.locator("ul.files")).to_contain_text("report.html")
+            expect(page.locator("#log")).to_contain_text("checking part 2")
+            shot(page, "task")
+
+            # Write actions: unlock with the token, then cancel a running record's tasks
+            client.submit(couch, registry, "long-1", [
+                {"name": "sleep", "platform": "linux", "args": {"seconds": 120}}, "echo@linux",
+            ], description="a long job to cancel", submitter="bob")
+            page.goto(base + "/records/long-1")
+            expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
+                   ).to_have_text("running")
+            page.click("text=Cancel pending and running")
+            expect(page.locator("#message")).to_contain_text("Enter the write token")
+            page.fill("#token-form input[name=token]", "wrong")
+            page.click("#token-form button")
+            expect(page.locator("#message")).to_contain_text("refused")
+            page.fill("#token-form input[name=token]", TOKEN)
+            page.click("#token-form button")
+            expect(page.locator("#token-state")).to_be_visible()
+
+            # Hosts, while the long task runs there
+            page.goto(base + "/hosts")
+            expect(page.locator("table.hosts")).to_contain_text("alive")
+            expect(page.locator("table.hosts")).to_contain_text("long-1 / sleep")
+            shot(page, "hosts")
+
+            page.goto(base + "/records/long-1")
+            page.click("text=Cancel pending and running")
+            expect(page.locator("#message")).to_contain_text("cancelled 1 task of long-1")
+            expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
+                   ).to_have_text("cancelled")
+
+            # History of a task name: flaky flagged, charts drawn
+            page.goto(base + "/history/shell")
+            expect(page.locator(".flaky-note")).to_contain_text("shell@linux")
+            expect(page.locator("svg.grid-chart rect")).to_have_count(5)
+            expect(page.locator("svg.trend-chart polyline")).to_have_count(1)
+            shot(page, "history")
+
+            page.goto(base + "/")
+            expect(page.locator("table.records tbody tr").first).to_contain_text("long-1")
+            shot(page, "records")
+            assert not errors, errors
+
+            # The CouchApp, straight from the database: no Flask involved
+            app_url = f"{couch_server.url}/{couch.database}/_design/dirt/index.html"
+            page.goto(app_url)
+            first_row = page.locator("table.records tbody tr").first
+            expect(first_row).to_contain_text("long-1")
+            expect(page.locator("table.records")).to_contain_text("rev-1234")
+            expect(page.locator("p.totals")).to_contain_text("success")
+            shot(page, "couchapp")
+            page.click("text=rev-1234")
+            expect(page.locator("table.tasks")).to_contain_text("sleep")
+            expect(page.locator("table.tasks")).to_contain_text("report.html")
+            expect(page.locator("text=Nightly build of <main>")).to_be_visible()
+            shot(page, "couchapp-record")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_chromium_starts():
+    """The browser tests need a working Chromium: a missing one is a failure, not a skip."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    started = time.monotonic()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                    timeout=TIMEOUT_MS)
+        try:
+            page = browser.new_page()
+            page.set_content("<p>ok</p>")
+            assert page.inner_text("p") == "ok"
+        finally:
+            browser.close()
+    assert time.monotonic() - started < 60
