@@ -1,0 +1,1 @@
+"""dirt's benchmark harness: `bin/bench` (see README.md)."""

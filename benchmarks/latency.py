@@ -1,0 +1,59 @@
+"""Scenario 1, dispatch latency: an idle farm of 4 local hosts; one one-task record at a time.
+
+For each sample: submit (client.submit, as `dirt submit` does), then the time until the task
+starts on its host (the task's own time.time() in its 'start' line) and until its result is in
+the database (the first change of the feed that shows it final).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from benchmarks.common import Deadline, Farm, FinalWatcher, percentiles, wait_for
+from benchmarks.context import Context
+
+NAME = "latency"
+TITLE = "dispatch latency, idle farm of 4 local hosts"
+
+
+def run(ctx: Context) -> dict:
+    samples = ctx.size(200, 30)
+    deadline = Deadline(ctx.size(420, 120), NAME)
+    farm = Farm(ctx.procs, ctx.workdir, ctx.server.url, "latency", hosts=4, slots=2)
+    master = farm.start_master()
+    try:
+        wait_for(farm.hosts_alive, deadline, "4 hosts alive")
+        watcher = FinalWatcher(farm.couch)
+        figures = measure(farm, watcher, samples, deadline)
+        watcher.close()
+    finally:
+        ctx.procs.stop(master)
+    return {"figures": figures,
+            "notes": ["hosts: execnet popen gateways (`dirt hosts add --local`); sshd hosts "
+                      "not measured (no sshd helper in tests/)"]}
+
+
+def measure(farm: Farm, watcher: FinalWatcher, samples: int, deadline: Deadline) -> dict:
+    submit, start, result = [], [], []
+    prefix = uuid.uuid4().hex[:4]
+    for i in range(samples + 3):  # the first three warm up the caches and are dropped
+        record = f"lat-{prefix}-{i}"
+        task = farm.tasks(1, prefix=f"{record}-")
+        t0 = time.time()
+        (task_id,) = farm.submit(record, task)
+        t1 = time.time()
+        ended = watcher.wait_final([task_id], deadline)[task_id]
+        if i >= 3:
+            submit.append((t1 - t0, task[0]["args"]["id"], t0, ended))
+        time.sleep(0.05)
+    runs = farm.runs()
+    for _took, run_id, t0, ended in submit:
+        start.append(runs[run_id]["start"][0][1] - t0)
+        result.append(ended - t0)
+    return {
+        "samples": len(submit),
+        "submit_ms": percentiles([s[0] for s in submit]),
+        "to_start_ms": percentiles(start),
+        "to_result_ms": percentiles(result),
+    }

@@ -1,0 +1,134 @@
+"""Scenario 3, the limits under dirt on this machine, measured in the same run:
+
+- bare execnet: the same 2,000 trivial calls (the bench task's two file lines) over 8 popen
+  gateways, 2 at a time each, by remote_exec on open gateways, no dirt;
+- bare execnet plus one fresh Python process per call (what dirt does to isolate a task);
+- the database: 2,000 task documents written with `_bulk_docs` (batches of 1,000 and of 100)
+  and with single PUTs from one client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import execnet
+
+from benchmarks.common import Deadline
+from benchmarks.context import Context
+from dirt import couchapp, documents
+from dirt.couch import Couch
+
+NAME = "limits"
+TITLE = "the limits: bare execnet, the database's write rate"
+
+CALL = """
+import os, time
+def line(path, task, what):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, ("%s %s %d %.6f\\n" % (task, what, os.getpid(), time.time())).encode())
+    os.close(fd)
+task, path = channel.receive()
+line(path, task, "start")
+line(path, task, "end")
+channel.send(time.time())
+"""
+
+CALL_IN_PROCESS = """
+import subprocess, sys, time
+task, path = channel.receive()
+code = '''
+import os, sys, time
+def line(path, task, what):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, ("%s %s %d %.6f\\\\n" % (task, what, os.getpid(), time.time())).encode())
+    os.close(fd)
+line(sys.argv[2], sys.argv[1], "start")
+line(sys.argv[2], sys.argv[1], "end")
+'''
+subprocess.run([sys.executable, "-u", "-c", code, task, path], check=True)
+channel.send(time.time())
+"""
+
+
+def run(ctx: Context) -> dict:
+    count = ctx.size(2000, 300)
+    deadline = Deadline(ctx.size(300, 120), NAME)
+    figures = {
+        "execnet_calls_per_s": execnet_rate(ctx, CALL, count, deadline, "bare"),
+        "execnet_process_calls_per_s": execnet_rate(ctx, CALL_IN_PROCESS, count, deadline,
+                                                    "process"),
+    }
+    figures.update(database_rates(ctx.server.url, count, deadline))
+    return {"figures": figures}
+
+
+def execnet_rate(ctx: Context, source: str, count: int, deadline: Deadline, kind: str,
+                 gateways: int = 8, slots: int = 2) -> float:
+    """Calls per second: `count` remote_exec calls over open gateways, `slots` at a time each."""
+    group = execnet.Group()
+    path = ctx.workdir / f"execnet-{kind}.txt"
+    try:
+        opened = [group.makegateway(f"popen//id=g{i}") for i in range(gateways)]
+        for gateway in opened:  # warm: the gateway's interpreter is up before timing
+            gateway.remote_exec("channel.send(1)").receive()
+        todo = iter(range(count))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def worker(gateway: execnet.Gateway) -> None:
+            while deadline.left > 0:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    channel = gateway.remote_exec(source)
+                    channel.send((f"x{i}", str(path)))
+                    channel.receive(60)
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=worker, args=(g,)) for g in opened
+                   for _ in range(slots)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        deadline.check(f"execnet {kind} calls")
+        done = sum(1 for line in path.read_text().splitlines() if " end " in line)
+        return round(done / elapsed, 1)
+    finally:
+        group.terminate(timeout=5)
+
+
+def database_rates(url: str, count: int, deadline: Deadline) -> dict:
+    """Documents per second written to a fresh database with dirt's design document."""
+    out = {}
+    for label, batch in (("bulk_docs_1000", 1000), ("bulk_docs_100", 100), ("put", 1)):
+        couch = Couch(url, f"bench-limits-{uuid.uuid4().hex[:6]}")
+        couch.create()
+        couchapp.push(couch)
+        record = documents.new_record(f"limits-{label}")
+        docs = [documents.new_task(record, "bench", "linux", i, key=f"t{i}",
+                                   args={"id": f"t{i}", "file": "/tmp/x"})
+                for i in range(count)]
+        t0 = time.perf_counter()
+        if batch == 1:
+            for doc in docs:
+                couch.put(doc)
+        else:
+            for i in range(0, count, batch):
+                answers = couch.bulk_docs(docs[i:i + batch])
+                assert not any(a.get("error") for a in answers), answers[:3]
+        elapsed = time.perf_counter() - t0
+        out[f"db_{label}_docs_per_s"] = round(count / elapsed, 1)
+        couch.drop()
+        deadline.check(f"database writes ({label})")
+    return out

@@ -1,0 +1,121 @@
+"""The table: dirt's figures, the limits and the peers, and dirt's figures as ratios of them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def scenario_lines(name: str, entry: dict[str, Any]) -> str:
+    if entry.get("error"):
+        head = f"    {name}: STOPPED: {entry['error']}"
+    else:
+        head = f"    {name}: done in {entry.get('seconds')} s (load {entry.get('load_after')})"
+    figures = json.dumps(entry.get("figures", {}), indent=1)
+    return head + "\n" + "\n".join("    " + line for line in figures.splitlines())
+
+
+def get(results: dict[str, Any], scenario: str, *path: str) -> Any:
+    value: Any = (results.get("scenarios") or {}).get(scenario, {}).get("figures", {})
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    elif isinstance(value, int):
+        value = f"{value:,}"
+    return f"{value}{unit}"
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, figure, dirt as a ratio of it) rows of the results table."""
+    out: list[tuple[str, str, str]] = []
+    lat = get(results, "latency") or {}
+    for key, label in (("to_start_ms", "submit -> task started on host"),
+                       ("to_result_ms", "submit -> result in database")):
+        p = lat.get(key) or {}
+        if p:
+            out.append((f"dirt latency, {label} (p50 / p95 / p99)",
+                        f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
+    tp = get(results, "throughput", "tasks_per_s")
+    if tp is not None:
+        out.append(("dirt throughput, 2,000 tasks, 8 hosts x 2 slots", fmt(tp, " tasks/s"), "1"))
+    for key, label in (
+        ("execnet_calls_per_s", "limit: bare execnet, same calls, 8 gateways x 2"),
+        ("execnet_process_calls_per_s", "limit: bare execnet + 1 Python process per call"),
+        ("db_bulk_docs_1000_docs_per_s", "limit: database, _bulk_docs of 1,000"),
+        ("db_bulk_docs_100_docs_per_s", "limit: database, _bulk_docs of 100"),
+        ("db_put_docs_per_s", "limit: database, single PUTs"),
+    ):
+        value = get(results, "limits", key)
+        if value is not None:
+            out.append((label, fmt(value, " /s"), ratio(tp, value)))
+    for peer in ("rq", "buildbot"):
+        figures = get(results, "peers", peer) or {}
+        if figures.get("error"):
+            out.append((f"peer {peer}", "could not run: " + figures["error"], ""))
+            continue
+        value = figures.get("tasks_per_s")
+        if value is not None:
+            note = figures.get("tasks") if figures.get("tasks") != figures.get("planned") else ""
+            label = f"peer {peer}: throughput" + (f" ({note} of {figures.get('planned')} "
+                                                    "within its time limit)" if note else "")
+            out.append((label, fmt(value, " tasks/s"), ratio(tp, value)))
+        for key, label in (("to_start_ms", "to start"), ("to_result_ms", "to result")):
+            p = figures.get(key) or {}
+            mine = (lat.get(key) or {}).get("p50")
+            if p:
+                out.append((f"peer {peer}: latency {label} (p50 / p95 / p99)",
+                            f"{p['p50']} / {p['p95']} / {p['p99']} ms", ratio(mine, p["p50"])))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| what | figure | dirt / this |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(results)]
+    lines += scale_table(results) + soak_lines(results)
+    return "\n".join(lines)
+
+
+def scale_table(results: dict[str, Any]) -> list[str]:
+    figures = get(results, "scale") or {}
+    if not figures:
+        return []
+    sizes = sorted(figures, key=lambda s: int(s))
+    ops = []
+    for size in sizes:
+        for op in figures[size].get("ops", {}):
+            if op not in ops:
+                ops.append(op)
+    lines = ["", "| scale: operation (cold / warm) | "
+             + " | ".join(f"{int(s):,} tasks" for s in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for op in ops:
+        cells = []
+        for size in sizes:
+            value = figures[size].get("ops", {}).get(op)
+            cells.append(value if isinstance(value, str) else fmt(value))
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def soak_lines(results: dict[str, Any]) -> list[str]:
+    figures = get(results, "soak") or {}
+    if not figures:
+        return []
+    return ["", "| soak with faults | figure |", "|---|---|"] + [
+        f"| {key} | {value} |" for key, value in figures.items()
+        if not isinstance(value, dict | list)]

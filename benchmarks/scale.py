@@ -1,0 +1,7 @@
+"""stub"""
+NAME = "scale"
+TITLE = "todo"
+
+
+def run(ctx):
+    raise NotImplementedError

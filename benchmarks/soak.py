@@ -1,0 +1,7 @@
+"""stub"""
+NAME = "soak"
+TITLE = "todo"
+
+
+def run(ctx):
+    raise NotImplementedError
