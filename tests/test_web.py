@@ -4,12 +4,15 @@ client; data is written with dirt.documents and dirt.client as the master and CL
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port
+from conftest import DIRT, free_port
 
 from dirt import client, couchapp, documents
 from dirt.couch import Couch
@@ -198,6 +201,16 @@ def test_record_page_has_write_buttons_only_with_a_token(couch, writable):
     assert 'data-post="/api/v1/records/r1/tasks/test/linux/cancel"' in page
     assert 'id="token-form"' in page
     assert TOKEN not in page
+
+
+def test_task_page_offers_the_action_that_fits_its_state(couch, writable):
+    add_record(couch, "r1", {"build@linux": "running", "test@linux": "failed"})
+    running = text_of(writable.get("/records/r1/tasks/build/linux"))
+    assert "/api/v1/records/r1/tasks/build/linux/cancel" in running
+    assert "/api/v1/records/r1/tasks/build/linux/rerun" not in running
+    ended = text_of(writable.get("/records/r1/tasks/test/linux"))
+    assert "/api/v1/records/r1/tasks/test/linux/rerun" in ended
+    assert "/cancel" not in ended.split("</header>")[1]
 
 
 def test_missing_record_and_task_are_404(web):
@@ -512,3 +525,35 @@ def test_couchapp_decides_overall_state_in_the_same_order():
 def test_api_index_lists_the_endpoints(web):
     data = web.get("/api/v1/").get_json()
     assert data["records"] == "/api/v1/records" and data["writes_enabled"] is False
+
+
+def test_dirt_web_serves_the_pages(project):
+    """`dirt web` as a user runs it: the command builds the app from the project's settings."""
+    couch = Couch(project.couch_url, project.database)
+    add_record(couch, "r1", {"build@linux": "success"})
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
+    env["DIRT_HOME"] = os.environ.get("DIRT_HOME", str(Path.home() / ".local/share/dirt"))
+    server = subprocess.Popen([DIRT, "web", f"--port={port}"], cwd=project.project, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "dirt web did not answer in 30 s"
+                time.sleep(0.2)
+        assert answer.status_code == 200 and ">r1<" in answer.text
+        api = requests.get(f"http://127.0.0.1:{port}/api/v1/records/r1", timeout=5).json()
+        assert api["record"]["state"] == "success"
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stdout.close()

@@ -39,10 +39,10 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
         LOG_POLL_MS=1000,  # how often a running task's log is fetched
         PAGE_SIZE=25,
         TOTALS_SECONDS=30.0,  # how long the records page reuses its counts of all tasks
-        JSON_SORT_KEYS=False,
         COUCHAPP_STYLESHEET=couchapp.FOLDER / "_attachments" / "dirt.css",
     )
     app.config.update(overrides)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep their order
     app.extensions["dirt"] = {"settings": settings, "couch": couch}
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")

@@ -141,7 +141,7 @@ def chart(history: hist.History) -> dict[str, Any]:
     """Geometry of the pass/fail grid and the duration trend (the template draws them)."""
     cell, label = 16, max([len(p.name) for p in history.platforms] + [8]) * 7 + 12
     width = label + max(len(history.records), 1) * cell
-    trend_width = max(len(history.records) - 1, 1) * cell
+    trend_width = max((len(history.records) - 1) * cell, 360)
     durations = [r.duration for p in history.platforms for r in p.runs if r and r.duration]
     top = max(durations) if durations else 0.0
     lines = [
@@ -151,4 +151,5 @@ def chart(history: hist.History) -> dict[str, Any]:
         for p in history.platforms
     ]
     return {"cell": cell, "label": label, "width": width,
+            "trend_width": label + trend_width + cell,
             "height": len(history.platforms) * cell + 4, "lines": lines, "top": top}
