@@ -26,7 +26,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -289,13 +288,17 @@ class Notifier(Listener):
         """Handle what is queued, finish what is being sent (no more waits between tries),
         save the checkpoint."""
         self.stopping.set()
+        self.events.put("")  # wakes the thread up
         if self.thread is not None:
             self.thread.join(timeout)
         with self.lock:
             pending = list(self.sending)
         for future in pending:
-            future.result(timeout)
-        self.pool.shutdown(wait=True)
+            try:
+                future.result(timeout)
+            except Exception as exc:  # a send still hanging after the timeout
+                log.warning("notifier: a notification did not finish: %r", exc)
+        self.pool.shutdown(wait=False)
         self.save_checkpoint()
 
     def run(self) -> None:
@@ -310,8 +313,8 @@ class Notifier(Listener):
             if time.monotonic() >= next_poll:
                 names |= self.changed_records()
                 next_poll = time.monotonic() + self.poll_seconds
-            self.check_all(names)
-        self.check_all(self.drain() | self.changed_records())
+            self.check_all(names - {""})
+        self.check_all((self.drain() | self.changed_records()) - {""})
 
     def first_seq(self) -> str | int:
         """Where the last notifier stopped (the checkpoint), else the database's now."""
@@ -363,6 +366,8 @@ class Notifier(Listener):
                 log.warning("record %s: notification deferred: %s", name, exc,
                             extra={"record": name})
                 self.retry.add(name)
+            except Exception:  # a bug: logged, and the notifier goes on
+                log.exception("record %s: notification failed", name, extra={"record": name})
         if names:
             self.save_checkpoint()
 
@@ -423,10 +428,8 @@ class Notifier(Listener):
         entries = [self.deliver(target, message) for target in targets]
         self.remember(message.name, entries)
 
-    def deliver(self, target: Target, message: Message,
-                wait: Callable[[float], bool] | None = None) -> dict[str, Any]:
+    def deliver(self, target: Target, message: Message) -> dict[str, Any]:
         """Send, trying again with capped exponential backoff; the outcome as an entry."""
-        wait = wait or self.stopping.wait
         config = self.config
         delay, error, attempt = config.backoff_seconds, "", 0
         for attempt in range(1, max(1, config.attempts) + 1):
@@ -441,7 +444,7 @@ class Notifier(Listener):
                 log.exception("record %s: %s %s failed", message.name, target.kind, target.name)
                 error = f"{type(exc).__name__}: {exc}"
             if attempt < config.attempts:
-                if wait(delay):
+                if self.stopping.wait(delay):
                     error += " (stopped before trying again)"
                     break
                 delay = min(delay * 2, config.max_backoff_seconds)
