@@ -905,7 +905,7 @@ class Master:
             self.fence(run, "master exiting")
         for state in self.hosts.values():
             if state.gateway:
-                state.gateway.close()
+                state.gateway.shutdown()
         try:
             self.group.terminate(timeout=2.0)
         except Exception:

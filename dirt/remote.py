@@ -101,6 +101,7 @@ class Gateway:
     group: execnet.Group = field(repr=False)
     gateway: Any = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stopped: bool = False  # shut down for good: a gateway opened meanwhile is let go at once
 
     def open(self) -> None:
         """Open the gateway unless it is open; a dead one is let go first."""
@@ -110,6 +111,8 @@ class Gateway:
                     return
                 _discard(self.gateway, kill=True)
                 self.gateway = None
+            if self.stopped:
+                raise HostUnreachable(f"host {self.name}: the master is stopping")
             try:
                 self.gateway = self.group.makegateway(self.spec)
             except Exception as exc:  # execnet raises bare errors for every transport fault
@@ -118,6 +121,9 @@ class Gateway:
                 raise HostUnreachable(
                     f"host {self.name}: cannot open gateway: {describe(exc)}"
                 ) from None
+        if self.stopped:  # shut down while it was opening
+            self.close()
+            raise HostUnreachable(f"host {self.name}: the master is stopping")
 
     def is_open(self) -> bool:
         gateway = self.gateway
@@ -152,6 +158,11 @@ class Gateway:
         )
         thread.start()
         return channel
+
+    def shutdown(self) -> None:
+        """Close for good: the master is exiting."""
+        self.stopped = True
+        self.close()
 
     def close(self) -> None:
         """Ask the gateway to exit (its running tasks end with it)."""
