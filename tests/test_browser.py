@@ -18,7 +18,7 @@ from conftest import DIRT
 from playwright.sync_api import expect, sync_playwright
 from werkzeug.serving import make_server
 
-from dirt import client
+from dirt import client, documents
 from dirt.couch import Couch
 from dirt.settings import WebSettings
 from dirt.tasks import Registry
@@ -205,6 +205,37 @@ def test_pages_in_a_real_browser(farm, couch_server):
             expect(page.locator("text=Nightly build of <main>")).to_be_visible()
             shot(page, "couchapp-record")
             assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_couchapp_pages_through_records(couch, couch_server):
+    """The CouchApp on its own: 30 records, 25 a page, the ten oldest created at the same
+    moment (so the page boundary falls among them)."""
+    docs = []
+    for i in range(30):
+        created = f"2026-01-01T00:00:{max(i, 9):02d}.000Z"  # r00..r09 share a moment
+        record = documents.new_record(f"r{i:02d}", created=created, description=f"<b>{i}</b>")
+        docs += [record, documents.new_task(record, "build", "linux", 0)]
+    couch.bulk_docs(docs)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                    timeout=TIMEOUT_MS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{couch_server.url}/{couch.database}/_design/dirt/index.html")
+            rows = page.locator("table.records tbody tr td.name > a")
+            expect(rows).to_have_count(25)
+            first = rows.all_inner_texts()
+            page.click("text=older →")
+            expect(rows).to_have_count(5)
+            second = rows.all_inner_texts()
+            assert sorted(first + second) == [f"r{i:02d}" for i in range(30)]
+            expect(page.locator("text=<b>3</b>")).to_be_visible()
+            page.click("text=← newer")
+            expect(rows).to_have_count(25)
+            assert rows.all_inner_texts() == first
         finally:
             browser.close()
 

@@ -140,6 +140,21 @@ def test_records_are_paged_with_cursors_both_ways(couch, couch_server):
     assert web.get("/?older=garbage").status_code == 200  # a bad cursor is the first page
 
 
+def test_paging_tells_records_created_at_the_same_moment_apart(couch, couch_server):
+    for name in "abcdefg":
+        add_record(couch, name, {"build@linux": "success"}, created=created_at(5))
+    add_record(couch, "newest", {"build@linux": "success"}, created=created_at(6))
+    web = create_app(settings_for(couch), couch, PAGE_SIZE=2).test_client()
+    pages, url = [], "/api/v1/records"
+    while url:
+        data = web.get(url).get_json()
+        pages.append([r["name"] for r in data["records"]])
+        url = data["older"]
+    assert sum(pages, []) == ["newest", "g", "f", "e", "d", "c", "b", "a"]
+    back = web.get(f"/api/v1/records?newer={data['newer_cursor']}").get_json()
+    assert [r["name"] for r in back["records"]] == pages[-2]
+
+
 def test_records_filter_by_state_and_text(couch, web):
     add_record(couch, "green", {"build@linux": "success"}, description="nightly build",
                created=created_at(1))
@@ -346,6 +361,14 @@ def test_history_reads_in_batches(couch, monkeypatch):
                    created=created_at(i))
     result = queries.task_history(couch, "t", records=5)
     assert [name for name, _ in result.records] == ["b3", "b4", "b5", "b6", "b7"]
+    assert all(r is not None for p in result.platforms for r in p.runs)
+    # records created at the same moment are neither lost nor counted twice across batches
+    for name in ("tie-a", "tie-b", "tie-c"):
+        add_record(couch, name, {"t@linux": "failed", "t@mac": "success"},
+                   created=created_at(9))
+    result = queries.task_history(couch, "t", records=6)
+    assert sorted(name for name, _ in result.records) == [
+        "b5", "b6", "b7", "tie-a", "tie-b", "tie-c"]
     assert all(r is not None for p in result.platforms for r in p.runs)
 
 

@@ -73,17 +73,38 @@ def matches(record: dict[str, Any], state: str | None, text: str | None) -> bool
     return True
 
 
+def rows_after(
+    couch: Couch, view: str, start: tuple[Any, str] | None, descending: bool, limit: int,
+    **params: Any,
+) -> list[dict[str, Any]]:
+    """Up to `limit` rows of a view that come after the row (key, id) `start`, exclusive.
+
+    Rows with the same key are told apart by their document id here, not with
+    `startkey_docid`, which PouchDB Server ignores: the rows of a tied key that were seen
+    already are skipped (and passed with `skip` should a batch hold nothing else)."""
+    out: list[dict[str, Any]] = []
+    skip = 0
+    while True:
+        query = {"descending": descending, "limit": limit + 1, **params}
+        if start is not None:
+            query.update(startkey=start[0], skip=skip)
+        rows = couch.view("dirt", view, **query)["rows"]
+        for row in rows:
+            if start is not None and row["key"] == start[0] and (
+                row["id"] >= start[1] if descending else row["id"] <= start[1]
+            ):
+                continue
+            out.append(row)
+        if len(out) >= limit or len(rows) <= limit:
+            return out[:limit]
+        skip += len(rows)
+
+
 def _record_rows(
     couch: Couch, start: tuple[str, str] | None, descending: bool, limit: int
 ) -> list[dict[str, Any]]:
     """Rows of records_by_time after `start` (exclusive) in the given direction."""
-    params: dict[str, Any] = {"descending": descending, "limit": limit + 1}
-    if start:
-        params.update(startkey=start[0], startkey_docid=start[1])
-    rows = couch.view("dirt", "records_by_time", **params)["rows"]
-    if start and rows and (rows[0]["key"], rows[0]["id"]) == start:
-        rows = rows[1:]
-    return rows[:limit]
+    return rows_after(couch, "records_by_time", start, descending, limit)
 
 
 def _with_summaries(couch: Couch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -294,10 +315,11 @@ def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
     tasks_by_name in batches until that many records are seen."""
     runs: list[history.Run] = []
     seen: set[str] = set()
-    params: dict[str, Any] = {"startkey": [name, {}], "endkey": [name], "descending": True}
+    start: tuple[Any, str] | None = None
     while True:
-        rows = couch.view("dirt", "tasks_by_name", limit=HISTORY_BATCH + 1, **params)["rows"]
-        for row in rows[:HISTORY_BATCH]:
+        rows = rows_after(couch, "tasks_by_name", start, True, HISTORY_BATCH,
+                          endkey=[name], **({} if start else {"startkey": [name, {}]}))
+        for row in rows:
             value = row["value"]
             if value["record"] not in seen and len(seen) == records:
                 return history.build(name, runs)
@@ -307,7 +329,6 @@ def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
                 state=value["state"], duration=value.get("duration"),
                 host=value.get("host"), reason=value.get("reason") or "",
             ))
-        if len(rows) <= HISTORY_BATCH:
+        if len(rows) < HISTORY_BATCH:
             return history.build(name, runs)
-        last = rows[HISTORY_BATCH]
-        params.update(startkey=last["key"], startkey_docid=last["id"])
+        start = (rows[-1]["key"], rows[-1]["id"])

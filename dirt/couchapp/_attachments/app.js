@@ -11,8 +11,10 @@
   var BAR = ['success', 'failed', 'error', 'unschedulable', 'cancelled', 'running', 'pending'];
   var SVG = 'http://www.w3.org/2000/svg';
   var app = document.getElementById('app');
-  var cursors = [];  // startkeys of the pages before this one
-  var current = null;  // [startkey, startkey_docid] of this page, null for the newest
+  // Paging by startkey plus skip over the records of the same moment already shown
+  // (startkey_docid is not used: PouchDB Server ignores it).
+  var cursors = [];  // the pages before this one
+  var current = null;  // {key, skip} of this page, null for the newest
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -96,7 +98,7 @@
 
   function showRecords() {
     var params = {descending: true, limit: PAGE + 1};
-    if (current) { params.startkey = current[0]; params.startkey_docid = current[1]; }
+    if (current) { params.startkey = current.key; params.skip = current.skip; }
     return Promise.all([view('records_by_time', params), totals()])
       .then(function (answers) {
         var rows = answers[0].rows.slice(0, PAGE);
@@ -136,7 +138,12 @@
       if (next) {
         var older = el('a', {href: '#', rel: 'next'}, ['older →']);
         older.addEventListener('click', function (e) {
-          e.preventDefault(); cursors.push(current); current = [next.key, next.id]; showRecords();
+          e.preventDefault();
+          var ties = rows.filter(function (r) { return r.key === next.key; }).length;
+          if (current && current.key === next.key) ties += current.skip;
+          cursors.push(current);
+          current = {key: next.key, skip: ties};
+          showRecords();
         });
         pager.appendChild(older);
       }
