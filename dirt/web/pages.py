@@ -97,8 +97,8 @@ def record(name: str) -> Response | str:
 @bp.get("/records/<record>/tasks/<name>/<platform>")
 def task(record: str, name: str, platform: str) -> Response | str:
     doc = queries.task(couch(), record, name, platform)
-    log = queries.task_log(couch(), record, name, platform) if not request.headers.get(
-        "X-Dirt-Fragment") else None
+    live_part_only = request.headers.get("X-Dirt-Fragment") == "1"  # the log is not in it
+    log = None if live_part_only else queries.task_log(couch(), record, name, platform)
     return page("task.html", task=doc, log=log, running=State(doc["state"]) not in FINAL,
                 log_poll_ms=current_app.config["LOG_POLL_MS"])
 

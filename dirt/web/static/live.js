@@ -24,9 +24,11 @@
   var live = document.querySelector('[data-live]');
   var seq = null;
   var refreshing = false;
+  var again = false;  // a change came in while refreshing: refresh once more after
 
   function refresh() {
-    if (!live || refreshing) return Promise.resolve();
+    if (!live) return Promise.resolve();
+    if (refreshing) { again = true; return Promise.resolve(); }
     refreshing = true;
     return fetch(location.href, {headers: {'X-Dirt-Fragment': '1'}, cache: 'no-store'})
       .then(function (response) {
@@ -35,7 +37,10 @@
       })
       .then(function (html) { live.innerHTML = html; setStatus('live'); })
       .catch(function () { setStatus('database unavailable', true); })
-      .then(function () { refreshing = false; });
+      .then(function () {
+        refreshing = false;
+        if (again) { again = false; refresh(); }
+      });
   }
 
   function poll() {
