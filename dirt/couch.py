@@ -276,7 +276,8 @@ def _encode(params: dict[str, Any]) -> dict[str, str]:
     for key, value in params.items():
         if value is None:
             continue
-        if key in ("since", "feed", "filter", "style", "stale", "update", "rev", "heartbeat"):
+        if key in ("since", "feed", "filter", "style", "stale", "update", "rev", "heartbeat",
+                   "startkey_docid", "endkey_docid"):
             out[key] = str(value)
         else:
             out[key] = json.dumps(value)

@@ -197,24 +197,11 @@ def rerun_task(record: str, name: str, platform: str) -> Any:
     return record_changed(record, "re-ran", client.rerun(couch(), record, f"{name}@{platform}"))
 
 
-def record_spec(data: Any) -> dict[str, Any]:
-    """The body of a submit: the mapping `dirt submit --file` reads, with its name."""
-    if not isinstance(data, dict):
-        raise InvalidRecord("the body must be a JSON object: name, description, meta, tasks")
-    unknown = sorted(set(data) - client.RECORD_KEYS)
-    if unknown:
-        raise InvalidRecord(f"unknown key {unknown[0]!r} (known: {sorted(client.RECORD_KEYS)})")
-    if not data.get("name"):
-        raise InvalidRecord("a record needs a name")
-    if not isinstance(data.get("tasks") or [], list):
-        raise InvalidRecord("tasks must be a list")
-    return data
-
-
 @bp.post("/records")
 @token_required
 def submit() -> Any:
-    spec = record_spec(request.get_json(silent=True))
+    spec = client.check_record_spec(request.get_json(silent=True), "the request body",
+                                    need_name=True)
     settings = current_app.extensions["dirt"]["settings"]
     record, tasks = client.submit(
         couch(),
