@@ -48,10 +48,10 @@ from typing import Any
 
 from docopt import DocoptExit, docopt
 
-from dirt import __version__, client, embedded, logs
+from dirt import __version__, client, couchapp, embedded, logs
 from dirt.couch import safe_url
 from dirt.documents import State
-from dirt.errors import DirtError, InvalidHost, InvalidRecord
+from dirt.errors import DirtError, Forbidden, InvalidHost, InvalidRecord
 from dirt.settings import Settings, load
 
 HELP = {
@@ -467,6 +467,11 @@ def cmd_web(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
     host = args["--host"] or settings.web.host
     port = int(args["--port"] or settings.web.port)
+    try:
+        couchapp.push(couch)
+    except Forbidden as exc:  # a read-only replica: show what is there
+        log.warning("web: the design document cannot be updated here: %s", exc)
+    couchapp.warm(couch)
     app = create_app(settings, couch)
     print(f"dirt web page at http://{host}:{port}/", flush=True)
     app.run(host=host, port=port, threaded=True)

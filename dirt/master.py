@@ -202,6 +202,7 @@ class Master:
     def start(self) -> None:
         """Push the design document, load hosts and active tasks, follow the changes feed."""
         couchapp.push(self.couch)
+        couchapp.warm(self.couch)
         checkpoint = self.couch.get_local(self.checkpoint_name) or {}
         self.seq = checkpoint.get("seq") or self.couch.info()["update_seq"]
         for doc in self.couch.docs_by_prefix("host:"):

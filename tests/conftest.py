@@ -44,13 +44,12 @@ class CouchServer:
     def start(self) -> None:
         program = embedded.install(load(environ=dict(os.environ), cwd=self.data))
         self.data.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.data / "server.log", "ab")
-        self.process = subprocess.Popen(
-            ["node", "--unhandled-rejections=warn", str(program), "-o", "127.0.0.1",
-             "-p", str(self.port), "-d", f"{self.data}/", "-c", str(self.data / "config.json")],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.data,
-        )
+        with open(self.data / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["node", "--unhandled-rejections=warn", str(program), "-o", "127.0.0.1",
+                 "-p", str(self.port), "-d", f"{self.data}/", "-c", str(self.data / "config.json")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.data,
+            )
         wait_until_up(Couch(self.url, "_users"), time.monotonic() + 30)
 
     def stop(self) -> None:

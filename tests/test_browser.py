@@ -2,13 +2,15 @@
 local host: records, a record, a running task's log growing, a state change arriving without a
 reload, write actions behind the token, hosts, history, and the CouchApp served by the database.
 
-Screenshots of each page land in docs/screenshots/. If Chromium cannot start, this fails.
+Screenshots of each page land in $DIRT_SCREENSHOTS (docs/screenshots to refresh the README's). If
+Chromium cannot start, this fails.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +31,9 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# The README's screenshots are refreshed with DIRT_SCREENSHOTS=docs/screenshots bin/test;
+# otherwise they go to a temporary folder, so a test run leaves the checkout as it was.
+SHOTS = Path(os.environ.get("DIRT_SCREENSHOTS") or tempfile.mkdtemp(prefix="dirt-shots-"))
 TOKEN = "browser-token"
 TIMEOUT_MS = 30_000
 

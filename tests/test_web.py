@@ -484,7 +484,7 @@ def test_submit_takes_the_json_of_a_record_file(project):
         ({**spec}, "exists already"),
         ({**spec, "name": "rev-3", "colour": "red"}, "unknown key 'colour'"),
         ({"tasks": ["echo"]}, "needs a name"),
-        ([1, 2], "JSON object"),
+        ([1, 2], "holds a mapping"),
     ]:
         refused = web.post("/api/v1/records", json=bad, headers=auth())
         assert refused.status_code == 400, (bad, refused.get_json())

@@ -10,11 +10,12 @@ import base64
 import hashlib
 import json
 import mimetypes
+import threading
 from pathlib import Path
 from typing import Any
 
 from dirt.couch import Couch
-from dirt.errors import Conflict
+from dirt.errors import Conflict, DirtError
 
 FOLDER = Path(__file__).parent
 DESIGN_ID = "_design/dirt"
@@ -63,3 +64,24 @@ def push(couch: Couch) -> bool:
         except Conflict:
             continue
     raise Conflict(f"{DESIGN_ID}: kept changing while dirt tried to update it")
+
+
+def warm(couch: Couch) -> threading.Thread:
+    """Build every view's index in a background thread, so that the first page or CLI
+    call after a restart (or a new view) does not wait for it (minutes on a large database)."""
+
+    views = build()["views"]
+
+    def query_each() -> None:
+        for name, view in views.items():
+            params = {"limit": 0}
+            if "reduce" in view:
+                params["reduce"] = False
+            try:
+                couch.view("dirt", name, **params)
+            except DirtError:
+                return  # the database went away: nothing to warm
+
+    thread = threading.Thread(target=query_each, name="dirt view warmer", daemon=True)
+    thread.start()
+    return thread
