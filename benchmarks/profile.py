@@ -23,14 +23,15 @@ def py_spy() -> str | None:
 
 
 def start(ctx: Context, pid: int, rate: int = 100) -> list[subprocess.Popen]:
-    """Two samplers on one process: one writes the flame graph, one the raw stacks."""
+    """Two samplers on one process: one writes the flame graph of every active thread, the
+    other the raw stacks of the thread holding the GIL (where the master's CPU goes)."""
     program = py_spy()
     if program is None:
         return []
     spies = []
-    for fmt, out in (("flamegraph", "profile.svg"), ("raw", "profile.txt")):
+    for fmt, out, extra in (("flamegraph", "profile.svg", []), ("raw", "profile.txt", ["--gil"])):
         argv = [program, "record", "--pid", str(pid), "--rate", str(rate), "--format", fmt,
-                "--output", str(OUT / out), "--nonblocking"]
+                "--output", str(OUT / out), "--nonblocking", *extra]
         spies.append(ctx.procs.start(argv, ctx.workdir / f"py-spy-{fmt}.log"))
     time.sleep(1.0)  # let them attach before the work starts
     return spies

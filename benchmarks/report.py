@@ -95,12 +95,14 @@ def scale_table(results: dict[str, Any]) -> list[str]:
     if not figures:
         return []
     sizes = sorted(figures, key=lambda s: int(s))
+    errors = [f"| scale at {int(s):,} tasks | stopped: {figures[s]['error']} |" for s in sizes
+              if figures[s].get("error")]
     ops = []
     for size in sizes:
         for op in figures[size].get("ops", {}):
             if op not in ops:
                 ops.append(op)
-    lines = ["", "| scale: operation (cold / warm) | "
+    lines = ["", "| scale: operation | "
              + " | ".join(f"{int(s):,} tasks" for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for op in ops:
@@ -109,7 +111,7 @@ def scale_table(results: dict[str, Any]) -> list[str]:
             value = figures[size].get("ops", {}).get(op)
             cells.append(value if isinstance(value, str) else fmt(value))
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    return lines
+    return lines + errors
 
 
 def soak_lines(results: dict[str, Any]) -> list[str]:

@@ -1,7 +1,214 @@
-"""stub"""
+"""Scenario 6, soak with faults: 5,000 tasks over 12 local hosts (2 slots each) for a bounded
+time while a chaos loop
+
+- kills a running task's process on its host (SIGKILL; the pid from the task's own 'start'
+  line, checked to be a descendant of a master this harness started),
+- restarts the database server (down 2 s, same port and data),
+- kills the master with SIGKILL and starts a new one a second later,
+
+then lets the farm drain and counts: tasks lost (not ended `success`), tasks that ran to
+their end twice (from the runs file), and tasks not in a final state. All should be 0.
+
+Settings for the farm: lease 5 s, health checks every 2 s, max_attempts 10 (so that a task
+killed several times by chaos is still retried rather than ended `error`). Local hosts only:
+tests/ has no sshd helper, so no sshd hosts are stopped and started.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    FINAL_STATES,
+    CouchServer,
+    Deadline,
+    Farm,
+    FinalWatcher,
+    wait_for,
+)
+from benchmarks.context import Context
+
 NAME = "soak"
-TITLE = "todo"
+TITLE = "soak with faults: 5,000 tasks, 12 hosts, chaos (task kills, database restarts, kill -9)"
 
 
-def run(ctx):
-    raise NotImplementedError
+def run(ctx: Context) -> dict:
+    tasks = ctx.size(5000, 400)
+    limit = ctx.size(660, 240)
+    chaos_seconds = ctx.size(300, 90)
+    deadline = Deadline(limit, NAME)
+    server = CouchServer(ctx.procs, ctx.workdir / "soak-couch")
+    server.start()
+    farm = Farm(ctx.procs, ctx.workdir, server.url, "soak", hosts=12, slots=2,
+                lease_seconds=5, health_interval=2, max_attempts=10, tick_seconds=0.2)
+    chaos = Chaos(ctx, farm, server)
+    try:
+        ids = farm.submit("soak", [
+            {**t, "args": {**t["args"], "seconds": round(0.05 * (i % 5), 2)}}
+            for i, t in enumerate(farm.tasks(tasks))])
+        watcher = FinalWatcher(farm.couch)
+        t0 = time.time()
+        chaos.start_master()
+        chaos_end = time.monotonic() + chaos_seconds
+        while (time.monotonic() < chaos_end and deadline.left > 60
+               and watcher.count_final(ids) < len(ids)):
+            chaos.step()
+            time.sleep(2.0)
+        chaos.ensure_master()
+        chaos_stopped = time.time()
+        try:
+            wait_for(lambda: watcher.count_final(ids) == len(ids), deadline,
+                     "every task to end", interval=1.0)
+            stopped_by = "all tasks ended"
+        except Exception as exc:  # the time limit: count what is left
+            stopped_by = str(exc)
+        finished = time.time()
+        watcher.close()
+        chaos.stop_master()
+        figures = check(farm, ids, chaos, t0, chaos_stopped, finished, stopped_by)
+    finally:
+        chaos.stop_master()
+        server.stop()
+    return {"figures": figures, "events": chaos.events[-200:]}
+
+
+class Chaos:
+    """The faults, one step every 2 s: a task process killed each step, the database
+    restarted every 40 s, the master killed -9 every 60 s (starting at 25 s)."""
+
+    def __init__(self, ctx: Context, farm: Farm, server: CouchServer) -> None:
+        self.ctx = ctx
+        self.farm = farm
+        self.server = server
+        self.master: subprocess.Popen | None = None
+        self.killed_masters: list[int] = []
+        self.begun = time.monotonic()
+        self.next_db = self.begun + 40
+        self.next_master = self.begun + 25
+        self.events: list[list[Any]] = []
+        self.counts: Counter = Counter()
+        self.random = random.Random(6)
+
+    def note(self, what: str, detail: Any = "") -> None:
+        self.events.append([round(time.monotonic() - self.begun, 1), what, detail])
+        self.counts[what] += 1
+
+    def start_master(self) -> None:
+        self.master = self.farm.start_master()
+
+    def ensure_master(self) -> None:
+        if self.master is None or self.master.poll() is not None:
+            self.start_master()
+
+    def stop_master(self) -> None:
+        if self.master is not None:
+            self.ctx.procs.stop(self.master, timeout=30)
+            self.master = None
+        for pgid in self.killed_masters:  # stragglers of killed masters, if any
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.kill_task()
+        if now >= self.next_db:
+            self.next_db = now + 40
+            self.server.stop()
+            time.sleep(2.0)
+            self.server.start()
+            self.note("database restarted", "down 2 s")
+        if now >= self.next_master and self.master is not None:
+            self.next_master = now + 60
+            self.killed_masters.append(self.master.pid)
+            self.ctx.procs.kill9(self.master)
+            self.note("master killed -9", self.master.pid)
+            time.sleep(1.0)
+            self.start_master()
+        self.ensure_master()
+
+    def kill_task(self) -> None:
+        """SIGKILL one task process that has started and not ended."""
+        runs = self.farm.runs()
+        running = [(task, r["start"][-1][0]) for task, r in runs.items()
+                   if len(r["start"]) > len(r["end"])]
+        self.random.shuffle(running)
+        masters = {self.master.pid} if self.master else set()
+        for task, pid in running:
+            if not started_by(pid, masters):
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self.note("task process killed", task)
+            return
+
+
+def started_by(pid: int, masters: set[int], depth: int = 5) -> bool:
+    """Whether `pid` descends from one of `masters` (so it is a task of ours)."""
+    for _ in range(depth):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid in masters:
+            return True
+    return False
+
+
+def check(farm: Farm, ids: list[str], chaos: Chaos, t0: float, chaos_stopped: float,
+          finished: float, stopped_by: str) -> dict[str, Any]:
+    docs = {d["_id"]: d for d in farm.task_docs()}
+    runs = farm.runs()
+    states = Counter(docs[i]["state"] if i in docs else "missing" for i in ids)
+    run_id = {i: i.rsplit(":", 1)[1] for i in ids}
+    twice = [i for i in ids if len(runs.get(run_id[i], {}).get("end", [])) > 1]
+    not_final = [i for i in ids if i not in docs or docs[i]["state"] not in FINAL_STATES]
+    lost = [i for i in ids if i not in docs or docs[i]["state"] != "success"]
+    no_run = [i for i in ids if docs.get(i, {}).get("state") == "success"
+              and not runs.get(run_id[i], {}).get("end")]
+    attempts = Counter(a.get("outcome") for d in docs.values() for a in d.get("attempts", []))
+    starts = sorted(t for r in runs.values() for _, t in r["start"])
+    gaps = sorted((b - a for a, b in zip(starts, starts[1:], strict=False)), reverse=True)
+    return {
+        "tasks": len(ids),
+        "hosts": len(farm.host_names),
+        "stopped_by": stopped_by,
+        "seconds": round(finished - t0, 1),
+        "chaos_seconds": round(chaos_stopped - t0, 1),
+        "tasks_per_s": round(len(ids) / (finished - t0), 1),
+        "task_processes_killed": chaos.counts["task process killed"],
+        "database_restarts": chaos.counts["database restarted"],
+        "masters_killed": chaos.counts["master killed -9"],
+        "lost": len(lost),
+        "ran_twice": len(twice),
+        "not_final": len(not_final),
+        "success_without_a_run": len(no_run),
+        "states": dict(states),
+        "attempt_outcomes": {str(k): v for k, v in attempts.items()},
+        "longest_gaps_between_starts_s": [round(g, 1) for g in gaps[:5]],
+        "examples": {
+            "lost": [explain(docs.get(i), runs.get(run_id[i])) for i in lost[:3]],
+            "ran_twice": [explain(docs.get(i), runs.get(run_id[i])) for i in twice[:5]],
+        },
+    }
+
+
+def explain(doc: dict[str, Any] | None, run: dict[str, Any] | None) -> dict[str, Any]:
+    """A task's attempts and its runs, to show why it counts as lost or ran twice."""
+    if doc is None:
+        return {"doc": None}
+    return {"id": doc["_id"], "state": doc["state"], "reason": doc.get("reason"),
+            "attempts": [[a.get("started"), a.get("ended"), a.get("outcome"),
+                          (a.get("reason") or "")[:100]] for a in doc.get("attempts", [])],
+            "runs": run}
