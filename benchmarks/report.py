@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+BEGIN, END = "<!-- results: written by bin/bench -->", "<!-- end of results -->"
 
 
 def scenario_lines(name: str, entry: dict[str, Any]) -> str:
@@ -121,3 +124,34 @@ def soak_lines(results: dict[str, Any]) -> list[str]:
     return ["", "| soak with faults | figure |", "|---|---|"] + [
         f"| {key} | {value} |" for key, value in figures.items()
         if not isinstance(value, dict | list)]
+
+
+def header(results: dict[str, Any]) -> str:
+    """Where and when: the machine, versions, and each scenario's date, size and load."""
+    m, v = results.get("machine", {}), results.get("versions", {})
+    lines = [f"Machine: {m.get('cores')} cores, {m.get('memory_gb')} GB, {m.get('cpu')}; "
+             f"Python {v.get('python')}, dirt {v.get('dirt')} ({v.get('dirt_commit')}), "
+             f"execnet {v.get('execnet')}, pouchdb-server {v.get('pouchdb-server')} "
+             f"(node {v.get('node')}), rq {v.get('rq')} + redis-server "
+             f"{v.get('redis-server')}, Buildbot {v.get('buildbot')}.", ""]
+    for name, entry in (results.get("scenarios") or {}).items():
+        size = "quick" if entry.get("quick") else "full size"
+        lines.append(f"- {name}: {entry.get('date')}, {size}, {entry.get('seconds')} s, "
+                     f"load average before/after {entry.get('load_before')} / "
+                     f"{entry.get('load_after')}"
+                     + (f"; stopped: {entry['error']}" if entry.get("error") else ""))
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, results: dict[str, Any]) -> bool:
+    """Replace the results block of the README (between its markers) with this table."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = f"{BEGIN}\n{header(results)}\n\n{table(results)}\n{END}"
+    path.write_text(head + block + tail)
+    return True

@@ -1,10 +1,11 @@
 """Scenario 6, soak with faults: 5,000 tasks over 12 local hosts (2 slots each) for a bounded
 time while a chaos loop
 
-- kills a running task's process on its host (SIGKILL; the pid from the task's own 'start'
-  line, checked to be a descendant of a master this harness started),
-- restarts the database server (down 2 s, same port and data),
-- kills the master with SIGKILL and starts a new one a second later,
+- kills a running task's process on its host every second (SIGKILL; the pid from the task's
+  own 'start' line, checked to be a descendant of the master this harness started),
+- restarts the database server every 40 s (down 2 s, same port and data),
+- kills the master with SIGKILL every 60 s (first at 25 s) and starts a new one a second
+  later (quick mode: every 12 s and 16 s, first at 4 s and 8 s),
 
 then lets the farm drain and counts: tasks lost (not ended `success`), tasks that ran to
 their end twice (from the runs file), and tasks not in a final state. All should be 0.
@@ -48,7 +49,8 @@ def run(ctx: Context) -> dict:
     server.start()
     farm = Farm(ctx.procs, ctx.workdir, server.url, "soak", hosts=12, slots=2,
                 lease_seconds=5, health_interval=2, max_attempts=10, tick_seconds=0.2)
-    chaos = Chaos(ctx, farm, server)
+    chaos = Chaos(ctx, farm, server, every_db=ctx.size(40, 12), every_master=ctx.size(60, 16),
+                  first_db=ctx.size(40, 4), first_master=ctx.size(25, 8))
     try:
         ids = farm.submit("soak", [
             {**t, "args": {**t["args"], "seconds": round(0.05 * (i % 5), 2)}}
@@ -60,7 +62,7 @@ def run(ctx: Context) -> dict:
         while (time.monotonic() < chaos_end and deadline.left > 60
                and watcher.count_final(ids) < len(ids)):
             chaos.step()
-            time.sleep(2.0)
+            time.sleep(1.0)
         chaos.ensure_master()
         chaos_stopped = time.time()
         try:
@@ -80,18 +82,20 @@ def run(ctx: Context) -> dict:
 
 
 class Chaos:
-    """The faults, one step every 2 s: a task process killed each step, the database
-    restarted every 40 s, the master killed -9 every 60 s (starting at 25 s)."""
+    """The faults, one step a second: a task process killed each step, the database
+    restarted every `every_db` s, the master killed -9 every `every_master` s."""
 
-    def __init__(self, ctx: Context, farm: Farm, server: CouchServer) -> None:
+    def __init__(self, ctx: Context, farm: Farm, server: CouchServer, every_db: float,
+                 every_master: float, first_db: float, first_master: float) -> None:
         self.ctx = ctx
         self.farm = farm
         self.server = server
         self.master: subprocess.Popen | None = None
         self.killed_masters: list[int] = []
         self.begun = time.monotonic()
-        self.next_db = self.begun + 40
-        self.next_master = self.begun + 25
+        self.every_db, self.every_master = every_db, every_master
+        self.next_db = self.begun + first_db
+        self.next_master = self.begun + first_master
         self.events: list[list[Any]] = []
         self.counts: Counter = Counter()
         self.random = random.Random(6)
@@ -121,13 +125,13 @@ class Chaos:
         now = time.monotonic()
         self.kill_task()
         if now >= self.next_db:
-            self.next_db = now + 40
+            self.next_db = now + self.every_db
             self.server.stop()
             time.sleep(2.0)
             self.server.start()
             self.note("database restarted", "down 2 s")
         if now >= self.next_master and self.master is not None:
-            self.next_master = now + 60
+            self.next_master = now + self.every_master
             self.killed_masters.append(self.master.pid)
             self.ctx.procs.kill9(self.master)
             self.note("master killed -9", self.master.pid)
