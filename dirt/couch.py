@@ -247,7 +247,9 @@ class Couch:
             timeout=(5.0, heartbeat_ms / 1000 * 3),
         )
         try:
-            for line in response.iter_lines(chunk_size=1):
+            # chunked responses are read chunk by chunk as they arrive, so a large read
+            # size costs no latency (one byte at a time cost most of the master's CPU)
+            for line in response.iter_lines(chunk_size=65536):
                 if not line.strip():
                     continue
                 change = json.loads(line)

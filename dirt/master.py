@@ -189,6 +189,8 @@ class Master:
         self.feed_stop = threading.Event()
         self.feed_thread: threading.Thread | None = None
         self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
+        self.schedulable: set[str] = set()  # pending tasks some host can run (see below)
+        self.farm_seen: Any = None
 
     # -- start ----------------------------------------------------------------------------
 
@@ -374,6 +376,8 @@ class Master:
                 self.update_task(doc)
             elif doc.get("type") == "host":
                 self.update_host(doc)
+            elif doc.get("type") == "record":
+                self.remember_record(doc)
         elif kind == "host":
             self.host_checked(event[1], event[2], event[3])
         else:
@@ -585,15 +589,27 @@ class Master:
         ]
 
     def mark_unschedulable(self) -> None:
-        """Pending tasks that no host can ever run end `unschedulable`, with the reason."""
+        """Pending tasks that no host can ever run end `unschedulable`, with the reason.
+
+        A task found schedulable is not looked at again until the hosts or the registered
+        task names change (thousands of pending tasks would cost every pass otherwise)."""
         every_host = self.host_views(managed_only=False)
         registered = set(self.registry.names())
+        farm = (sorted(registered), [(h.name, h.platform, h.enabled, h.labels,
+                                      sorted(h.facts.items())) for h in every_host])
+        if farm != self.farm_seen:
+            self.farm_seen = farm
+            self.schedulable.clear()
         for task in self.pending():
+            if task.id in self.schedulable:
+                continue
             try:
                 reason = unschedulable_reason(task, every_host, task.name in registered)
             except DirtError as exc:
                 reason = str(exc)
-            if reason:
+            if not reason:
+                self.schedulable.add(task.id)
+            else:
                 doc = self.tasks[task.id]
                 doc["ended"] = now_iso()
                 set_state(doc, State.UNSCHEDULABLE, reason)
@@ -675,18 +691,19 @@ class Master:
             self.tell("task_started", doc, waited_since_pending(doc))
 
     def record_of(self, task: dict[str, Any]) -> dict[str, Any]:
-        """The record document a task belongs to, as the task module sees it (cached: the
-        tasks of one record are dispatched together)."""
+        """The record document a task belongs to, as the task module sees it."""
         name = task["record"]
-        if name not in self.records:
+        if name not in self.records:  # records come with the changes feed: rarely needed
             try:
-                record = self.couch.get(f"record:{name}")
+                self.remember_record(self.couch.get(f"record:{name}"))
             except DirtError:
                 return {"name": name}
-            if len(self.records) > 1000:
-                self.records.clear()
-            self.records[name] = {k: v for k, v in record.items() if not k.startswith("_")}
         return self.records[name]
+
+    def remember_record(self, doc: dict[str, Any]) -> None:
+        if len(self.records) >= 10_000:
+            self.records.pop(next(iter(self.records)))  # the oldest first
+        self.records[doc["name"]] = {k: v for k, v in doc.items() if not k.startswith("_")}
 
     # -- results --------------------------------------------------------------------------
 

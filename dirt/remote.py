@@ -23,6 +23,7 @@ from dirt.errors import HostUnreachable
 log = logging.getLogger("dirt.remote")
 
 CHILD_SOURCE = (Path(__file__).parent / "remote_child.py").read_text()
+RUNNER_SOURCE = Path(remote_runner.__file__).read_text()  # read once, not per task
 
 FACTS_SOURCE = """
 import os, platform, socket, sys
@@ -148,15 +149,12 @@ class Gateway:
         if gateway is None or not gateway.hasreceiver():
             raise HostUnreachable(f"host {self.name}: its gateway is closed")
         try:
-            channel = gateway.remote_exec(remote_runner)
+            channel = gateway.remote_exec(RUNNER_SOURCE)
+            channel.setcallback(Relay(events, key), endmarker=Relay.CLOSED)
             channel.send(job.to_message())
         except Exception as exc:
             self.close()
             raise HostUnreachable(f"host {self.name}: cannot start task: {describe(exc)}") from None
-        thread = threading.Thread(
-            target=_pump, args=(channel, events, key), name=f"task {job.task_id}", daemon=True
-        )
-        thread.start()
         return channel
 
     def shutdown(self) -> None:
@@ -231,18 +229,27 @@ def _reap(gateway: Any, timeout: float = 5.0) -> None:
         popen.wait()
 
 
-def _pump(channel: Any, events: queue.Queue, key: Any) -> None:
-    """Move a task's messages from its channel to the master's event queue."""
-    try:
-        while True:
-            message = channel.receive()
-            events.put((key, tuple(message)))
-            if message[0] in ("result", "error", "timeout", "lost"):
-                return
-    except EOFError:
-        events.put((key, ("lost", "connection to the host closed while the task ran")))
-    except Exception as exc:
-        events.put((key, ("lost", f"connection to the host broke: {describe(exc)}")))
+class Relay:
+    """Moves a task's messages from its channel to the master's event queue, in execnet's
+    receiver thread (no thread per task). A channel that closes before the task said how it
+    ended means the connection to the host was lost."""
+
+    CLOSED = object()
+    ENDINGS = ("result", "error", "timeout", "lost")
+
+    def __init__(self, events: queue.Queue, key: Any) -> None:
+        self.events = events
+        self.key = key
+        self.ended = False
+
+    def __call__(self, message: Any) -> None:
+        if message is Relay.CLOSED:
+            if not self.ended:
+                self.events.put((self.key, ("lost", "connection to the host closed while the "
+                                                    "task ran")))
+            return
+        self.ended = self.ended or message[0] in Relay.ENDINGS
+        self.events.put((self.key, tuple(message)))
 
 
 def describe(exc: BaseException) -> str:
