@@ -68,6 +68,7 @@ def analyse(text: str, top: int = 15) -> dict[str, Any]:
     """Own and inclusive sample shares per function, and per thread kind."""
     own: Counter = Counter()
     inclusive: Counter = Counter()
+    dirt: Counter = Counter()
     threads: Counter = Counter()
     total = 0
     for line in text.splitlines():
@@ -82,11 +83,13 @@ def analyse(text: str, top: int = 15) -> dict[str, Any]:
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
+            if "(dirt/" in name and not name.startswith(("main ", "dispatch ", "cmd_serve ")):
+                dirt[name] += count
         threads[thread_kind(frames)] += count
     def share(counter: Counter) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
     return {"samples": total, "own_pct": share(own), "inclusive_pct": share(inclusive),
-            "threads_pct": share(threads)}
+            "dirt_inclusive_pct": share(dirt), "threads_pct": share(threads)}
 
 
 def thread_kind(frames: list[str]) -> str:
