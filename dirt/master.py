@@ -466,8 +466,7 @@ class Master:
             facts = gateway.facts()
             self.events.put(("host", doc["name"], facts, None))
         except HostUnreachable as exc:
-            reason = str(exc) if "cannot open gateway" not in str(exc) else \
-                explain(doc, known_hosts, exc)
+            reason = explain(doc, known_hosts, exc)  # which SSH step fails, if one does
             if not reason.startswith(f"host {doc['name']}"):
                 reason = f"host {doc['name']}: {reason}"
             self.events.put(("host", doc["name"], None, reason))

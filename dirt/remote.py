@@ -23,7 +23,20 @@ from dirt.errors import HostUnreachable
 log = logging.getLogger("dirt.remote")
 
 CHILD_SOURCE = (Path(__file__).parent / "remote_child.py").read_text()
-RUNNER_SOURCE = Path(remote_runner.__file__).read_text()  # read once, not per task
+RUNNER_SOURCE = Path(remote_runner.__file__).read_text()
+
+# The runner is installed once per gateway as a module; each task then costs a two-line
+# remote_exec instead of compiling the runner again.
+INSTALL_RUNNER = """
+import sys, types
+source, child = channel.receive()
+module = types.ModuleType("dirt_remote_runner")
+module.CHILD_SOURCE = child
+exec(compile(source, "dirt/remote_runner.py", "exec"), module.__dict__)
+sys.modules["dirt_remote_runner"] = module
+channel.send("installed")
+"""
+RUN_TASK = "import sys\nsys.modules['dirt_remote_runner'].run(channel, channel.receive())\n"
 
 FACTS_SOURCE = """
 import os, platform, socket, sys
@@ -89,7 +102,6 @@ class Job:
             "record": self.record,
             "args": self.args,
             "timeout": self.timeout,
-            "child_source": CHILD_SOURCE,
         }
 
 
@@ -125,6 +137,19 @@ class Gateway:
         if self.stopped:  # shut down while it was opening
             self.close()
             raise HostUnreachable(f"host {self.name}: the master is stopping")
+        self.install_runner()
+
+    def install_runner(self, timeout: float = 20.0) -> None:
+        gateway = self.gateway
+        try:
+            channel = gateway.remote_exec(INSTALL_RUNNER)
+            channel.send((RUNNER_SOURCE, CHILD_SOURCE))
+            channel.receive(timeout=timeout)
+        except Exception as exc:
+            self.close()
+            raise HostUnreachable(
+                f"host {self.name}: cannot install dirt's runner: {describe(exc)}"
+            ) from None
 
     def is_open(self) -> bool:
         gateway = self.gateway
@@ -149,7 +174,7 @@ class Gateway:
         if gateway is None or not gateway.hasreceiver():
             raise HostUnreachable(f"host {self.name}: its gateway is closed")
         try:
-            channel = gateway.remote_exec(RUNNER_SOURCE)
+            channel = gateway.remote_exec(RUN_TASK)
             channel.setcallback(Relay(events, key), endmarker=Relay.CLOSED)
             channel.send(job.to_message())
         except Exception as exc:

@@ -1,93 +1,34 @@
-"""The gateway side of one task: runs as execnet's `__channelexec__` on the host.
+"""The gateway side of one task, on the host. Standard library only.
 
-Receives the job, starts the task process (remote_child.py) in its own session, relays its
-output and messages to the master over the channel, and ends it on a timeout, on the master's
-"kill" or when the master goes away. Standard library only.
+Installed once per gateway as the module `dirt_remote_runner` (remote.py sends this source and
+remote_child.py's with it), then each task is `run(channel, job)` in execnet's execution
+thread: it starts the task process (remote_child.py) in a session of its own, relays its output
+and messages to the master over the channel from one select loop, and ends it on a timeout,
+on the master's "kill", or when the master goes away (the channel closes).
 
-Messages sent: ("started", pid), ("log", line), ("attach", name, b64, type),
+Messages sent: ("started", pid), ("log", lines), ("attach", name, b64, type),
 ("result", dict), ("error", traceback), ("timeout", seconds), ("lost", reason).
 """
 
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 
-
-class LogRelay:
-    """Collects log lines and sends them in batches (a task printing 50 MB must not become
-    millions of channel messages)."""
-
-    def __init__(self, channel, interval=0.1, limit=256 * 1024):
-        self.channel = channel
-        self.interval = interval
-        self.limit = limit
-        self.lines = []
-        self.size = 0
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    def add(self, line):
-        with self.lock:
-            self.lines.append(line)
-            self.size += len(line) + 1
-            full = self.size >= self.limit
-        if full:
-            self.flush()
-
-    def flush(self):
-        with self.lock:
-            lines, self.lines, self.size = self.lines, [], 0
-            if lines:
-                self.channel.send(("log", "\n".join(lines)))
-
-    def loop(self):
-        while not self.done.wait(self.interval):
-            self.flush()
-
-    def close(self):
-        self.done.set()
-        self.thread.join()
-        self.flush()
-
-
-def relay_output(process, logs):
-    for raw in process.stdout:
-        logs.add(raw.decode("utf-8", "replace").rstrip("\n"))
-
-
-def relay_messages(pipe, channel, logs, outcome):
-    for line in pipe:
-        message = json.loads(line)
-        if message[0] in ("result", "error"):
-            outcome.append(tuple(message))
-        elif message[0] == "log":
-            logs.add(message[1])
-        else:
-            logs.flush()
-            channel.send(tuple(message))
-
-
-def listen(channel, process):
-    """Wait for the master's kill, or for the master to go away (the channel closes)."""
-    try:
-        while True:
-            if channel.receive() == "kill":
-                break
-    except Exception:
-        pass
-    if not process.ended.is_set():
-        process.kill()
+CHILD_SOURCE = globals().get("CHILD_SOURCE", "")  # set by the installer (remote.py)
+CHILD_CODE = None
+FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
+FLUSH_BYTES = 256 * 1024
+AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
 
 
 def close_inherited_fds(keep):
-    """In a forked task: close every descriptor but `keep` (the gateway's own pipes among
+    """In a forked task: close every descriptor above `keep` (the gateway's own pipes among
     them), so the task holds nothing of the connection to the master."""
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
@@ -102,25 +43,24 @@ def close_inherited_fds(keep):
 
 
 class TaskProcess:
-    """The task's process: `pid`, its output (`stdout`, bytes) and its messages pipe (text).
+    """The task's process: `pid`, the read ends of its output and of its messages pipe.
 
-    Forked from this gateway process where the host can fork, which costs about a millisecond
-    instead of a new interpreter's tens; else started as a new interpreter.
+    Forked from this gateway process where the host can fork (about a millisecond instead of a
+    new interpreter's tens); else started as a new interpreter.
     """
 
-    def __init__(self, job, child_source):
+    def __init__(self, job):
         out_read, out_write = os.pipe()
         msg_read, msg_write = os.pipe()
         self.returncode = None
-        self.ended = threading.Event()
+        self.process = None
         if hasattr(os, "fork"):
             self.pid = os.fork()
             if self.pid == 0:
-                self._run_forked(job, child_source, out_write, msg_write)
-            threading.Thread(target=self._reap, daemon=True).start()
+                self._run_forked(job, out_write, msg_write)
         else:
             self.process = subprocess.Popen(
-                [sys.executable, "-u", "-c", child_source],
+                [sys.executable, "-u", "-c", CHILD_SOURCE],
                 stdin=subprocess.PIPE, stdout=out_write, stderr=out_write,
                 pass_fds=(msg_write,), start_new_session=True, cwd=job["workdir"],
             )
@@ -128,16 +68,16 @@ class TaskProcess:
             self.process.stdin.write((json.dumps(dict(job, message_fd=msg_write)) + "\n")
                                      .encode("utf-8"))
             self.process.stdin.close()
-            threading.Thread(target=self._wait_spawned, daemon=True).start()
         os.close(out_write)
         os.close(msg_write)
-        self.stdout = os.fdopen(out_read, "rb")
-        self.messages = os.fdopen(msg_read, "r")
+        self.output = out_read
+        self.messages = msg_read
 
     @staticmethod
-    def _run_forked(job, child_source, out_write, msg_write):
+    def _run_forked(job, out_write, msg_write):
         """In the forked child: a session of its own, stdout/stderr to the log pipe, the
         messages pipe as fd 3, nothing else inherited; then the task. Never returns."""
+        global CHILD_CODE
         try:
             os.setsid()
             null = os.open(os.devnull, os.O_RDONLY)
@@ -149,29 +89,39 @@ class TaskProcess:
             sys.stdin = open(0, closefd=False)
             sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
             sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
+            if CHILD_CODE is None:
+                CHILD_CODE = compile(CHILD_SOURCE, "remote_child.py", "exec")
             namespace = {"__name__": "dirt_task_process"}
-            exec(compile(child_source, "remote_child.py", "exec"), namespace)
+            exec(CHILD_CODE, namespace)
             namespace["run_job"](dict(job, message_fd=3))
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(0)
 
-    def _reap(self):
-        _, status = os.waitpid(self.pid, 0)
-        self.returncode = os.waitstatus_to_exitcode(status)
-        self.ended.set()
+    def poll(self):
+        """The exit code (negative: the signal) once the process ended, else None."""
+        if self.returncode is None:
+            if self.process is not None:
+                self.returncode = self.process.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
-    def _wait_spawned(self):
-        self.returncode = self.process.wait()
-        self.ended.set()
-
-    def wait(self, timeout=None):
-        """True when the process ended within `timeout` seconds."""
-        return self.ended.wait(timeout)
+    def wait(self):
+        if self.returncode is None:
+            if self.process is not None:
+                self.returncode = self.process.wait()
+            else:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
 
     def kill(self):
         """Kill the task and everything it started (its session)."""
+        if self.returncode is not None:
+            return
         for kill_one in (os.killpg, os.kill):  # killpg fails until the child ran setsid()
             try:
                 kill_one(self.pid, signal.SIGKILL)
@@ -179,42 +129,125 @@ class TaskProcess:
                 pass
 
 
+class Killer:
+    """The channel's callback: the master's "kill", or the channel closing because the master
+    went away, ends the task."""
+
+    CLOSED = object()
+
+    def __init__(self, process):
+        self.process = process
+
+    def __call__(self, message):
+        if message == "kill" or message is Killer.CLOSED:
+            self.process.kill()
+
+
+class Relay:
+    """The task's output and messages, read from its two pipes, sent on to the master."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.lines = []
+        self.size = 0
+        self.partial = {}
+        self.outcome = None
+
+    def feed(self, name, data):
+        """Bytes from pipe `name` ("output" or "messages"); empty at its end."""
+        text = self.partial.pop(name, b"") + data
+        lines = text.split(b"\n")
+        if data:
+            self.partial[name] = lines.pop()
+        for raw in lines:
+            if not raw and not data:
+                continue
+            line = raw.decode("utf-8", "replace")
+            if name == "output":
+                self.log(line)
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:  # the task process died in the middle of a message
+                continue
+            self.message(message)
+
+    def message(self, message):
+        kind = message[0]
+        if kind in ("result", "error"):
+            self.outcome = (kind, message[1])
+        elif kind == "log":
+            self.log(message[1])
+        else:
+            self.flush()
+            self.channel.send(tuple(message))
+
+    def log(self, line):
+        self.lines.append(line)
+        self.size += len(line) + 1
+        if self.size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self):
+        if self.lines:
+            self.channel.send(("log", "\n".join(self.lines)))
+            self.lines, self.size = [], 0
+
+
+def pump(process, relay, timeout):
+    """Relay until the task's pipes close (or a second after it exited); end it at its
+    timeout. Returns True when it timed out."""
+    selector = selectors.DefaultSelector()
+    selector.register(process.output, selectors.EVENT_READ, "output")
+    selector.register(process.messages, selectors.EVENT_READ, "messages")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+    exited = None
+    next_flush = time.monotonic() + FLUSH_SECONDS
+    while selector.get_map():
+        for key, _ in selector.select(FLUSH_SECONDS):
+            data = os.read(key.fd, 65536)
+            relay.feed(key.data, data)
+            if not data:
+                selector.unregister(key.fd)
+        now = time.monotonic()
+        if now >= next_flush:
+            relay.flush()
+            next_flush = now + FLUSH_SECONDS
+        if deadline is not None and now > deadline and not timed_out:
+            timed_out = True
+            process.kill()
+        if exited is None and process.poll() is not None:
+            exited = now
+        if exited is not None and now - exited > AFTER_EXIT_SECONDS:
+            break
+    for key in list(selector.get_map().values()):
+        relay.feed(key.data, b"")
+    selector.close()
+    os.close(process.output)
+    os.close(process.messages)
+    relay.flush()
+    return timed_out
+
+
 def run(channel, job):
     workdir = tempfile.mkdtemp(prefix="dirt-{}-".format(job["task"]))
     job = dict(job, workdir=workdir, parent=os.getpid())
-    child_source = job.pop("child_source")
-    process = TaskProcess(job, child_source)
+    process = TaskProcess(job)
+    killer = Killer(process)
+    channel.setcallback(killer, endmarker=Killer.CLOSED)
     channel.send(("started", process.pid))
-    outcome = []
-    logs = LogRelay(channel)
-    threads = [
-        threading.Thread(target=relay_output, args=(process, logs), daemon=True),
-        threading.Thread(target=relay_messages, args=(process.messages, channel, logs, outcome),
-                         daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    threading.Thread(target=listen, args=(channel, process), daemon=True).start()
-    timed_out = not process.wait(timeout=job["timeout"])
-    if timed_out:
-        process.kill()
-        process.wait()
-    for thread in threads:
-        thread.join(timeout=5)
-    logs.close()
+    relay = Relay(channel)
+    timed_out = pump(process, relay, job["timeout"])
+    returncode = process.wait()
     shutil.rmtree(workdir, ignore_errors=True)
     if timed_out:
         channel.send(("timeout", job["timeout"]))
-    elif outcome:
-        channel.send(outcome[0])
-    elif process.returncode < 0:
-        name = signal.Signals(-process.returncode).name
+    elif relay.outcome:
+        channel.send(relay.outcome)
+    elif returncode < 0:
+        name = signal.Signals(-returncode).name
         kind = "error" if name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL") else "lost"
         channel.send((kind, f"task process killed by {name} without a result"))
     else:
-        code = process.returncode
-        channel.send(("error", f"task process exited with code {code} without a result"))
-
-
-if __name__ == "__channelexec__":
-    run(channel, channel.receive())  # noqa: F821 (execnet provides `channel`)
+        channel.send(("error", f"task process exited with code {returncode} without a result"))
