@@ -190,6 +190,7 @@ class Master:
         self.feed_thread: threading.Thread | None = None
         self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
         self.schedulable: set[str] = set()  # pending tasks some host can run (see below)
+        self.pending_views: dict[str, tuple[str | None, PendingTask]] = {}  # by rev
         self.farm_seen: Any = None
 
     # -- start ----------------------------------------------------------------------------
@@ -568,24 +569,21 @@ class Master:
         return views
 
     def pending(self) -> list[PendingTask]:
-        return [
-            PendingTask(
-                id=doc["_id"],
-                record_created=doc.get("record_created", ""),
-                record=doc["record"],
-                order=doc.get("order", 0),
-                name=doc["name"],
-                platform=doc["platform"],
-                requires=tuple(doc.get("requires") or ()),
-                avoid=tuple(a["host"] for a in doc.get("attempts") or ()
-                            if a.get("outcome") == "lost"),
-            )
-            for doc in self.tasks.values()
-            if doc["state"] == State.PENDING.value
-            and doc["_id"] not in self.stale
-            and doc["_id"] not in self.dirty
-            and self.in_scope(doc)
-        ]
+        """The pending tasks this master may claim now (known rev, nothing left to write)."""
+        tasks = []
+        for task_id, doc in self.tasks.items():
+            if doc["state"] != State.PENDING.value or task_id in self.stale \
+                    or task_id in self.dirty or not self.in_scope(doc):
+                continue
+            cached = self.pending_views.get(task_id)
+            if cached is None or cached[0] != doc.get("_rev"):
+                cached = (doc.get("_rev"), pending_view(doc))
+                self.pending_views[task_id] = cached
+            tasks.append(cached[1])
+        if len(self.pending_views) > 2 * len(tasks) + 1000:
+            live = {t.id for t in tasks}
+            self.pending_views = {k: v for k, v in self.pending_views.items() if k in live}
+        return tasks
 
     def mark_unschedulable(self) -> None:
         """Pending tasks that no host can ever run end `unschedulable`, with the reason.
@@ -927,6 +925,20 @@ class Master:
             self.group.terminate(timeout=2.0)
         except Exception:
             pass
+
+
+def pending_view(doc: dict[str, Any]) -> PendingTask:
+    """What the scheduler needs to know of a pending task document."""
+    return PendingTask(
+        id=doc["_id"],
+        record_created=doc.get("record_created", ""),
+        record=doc["record"],
+        order=doc.get("order", 0),
+        name=doc["name"],
+        platform=doc["platform"],
+        requires=tuple(doc.get("requires") or ()),
+        avoid=tuple(a["host"] for a in doc.get("attempts") or () if a.get("outcome") == "lost"),
+    )
 
 
 def waited_since_pending(doc: dict[str, Any]) -> float:

@@ -12,6 +12,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from dirt.errors import InvalidRecord
@@ -62,6 +63,7 @@ def _comparable(value: Any) -> Any:
     return text
 
 
+@lru_cache(maxsize=4096)  # pure, and asked for every task x host on every pass
 def parse_requirement(text: str) -> Requirement:
     """Parse `label` or `fact<op>value` (never eval); InvalidRecord names what is wrong."""
     if not isinstance(text, str):
@@ -138,7 +140,9 @@ def assign(pending: Iterable[PendingTask], hosts: Iterable[HostView]) -> list[tu
     hosts = list(hosts)
     free = {host.name: host.free for host in hosts}
     candidates = [host for host in hosts if free[host.name] > 0]
-    assignments = []
+    assignments: list[tuple[str, str]] = []
+    if not candidates:
+        return assignments
     for task in sorted(pending, key=lambda t: t.sort_key):
         fitting = [h for h in candidates if free[h.name] > 0 and h.fits(task)]
         if not fitting:
