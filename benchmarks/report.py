@@ -47,7 +47,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(what, figure, dirt as a ratio of it) rows of the results table."""
     out: list[tuple[str, str, str]] = []
     lat = get(results, "latency") or {}
-    for key, label in (("to_start_ms", "submit -> task started on host"),
+    for key, label in (("to_claim_ms", "submit -> claimed by the master"),
+                       ("to_start_ms", "submit -> task started on host"),
                        ("to_result_ms", "submit -> result in database")):
         p = lat.get(key) or {}
         if p:
@@ -56,6 +57,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     tp = get(results, "throughput", "tasks_per_s")
     if tp is not None:
         out.append(("dirt throughput, 2,000 tasks, 8 hosts x 2 slots", fmt(tp, " tasks/s"), "1"))
+        cpu = get(results, "throughput", "cpu_ms_per_task") or {}
+        if cpu:
+            out.append(("dirt CPU per task: master / hosts (gateway + task process) / database",
+                        f"{cpu['master']} / {cpu['hosts']} / {cpu['database']} ms", ""))
     for key, label in (
         ("execnet_calls_per_s", "limit: bare execnet, same calls, 8 gateways x 2"),
         ("execnet_process_calls_per_s", "limit: bare execnet + 1 Python process per call"),

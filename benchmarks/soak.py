@@ -3,8 +3,8 @@ time while a chaos loop
 
 - kills a running task's process on its host every second (SIGKILL; the pid from the task's
   own 'start' line, checked to be a descendant of the master this harness started),
-- restarts the database server every 40 s (down 2 s, same port and data),
-- kills the master with SIGKILL every 60 s (first at 25 s) and starts a new one a second
+- restarts the database server every 30 s (first at 20 s; down 2 s, same port and data),
+- kills the master with SIGKILL every 35 s (first at 30 s) and starts a new one a second
   later (quick mode: every 12 s and 16 s, first at 4 s and 8 s),
 
 then lets the farm drain and counts: tasks lost (not ended `success`), tasks that ran to
@@ -23,6 +23,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,8 @@ def run(ctx: Context) -> dict:
     server.start()
     farm = Farm(ctx.procs, ctx.workdir, server.url, "soak", hosts=12, slots=2,
                 lease_seconds=5, health_interval=2, max_attempts=10, tick_seconds=0.2)
-    chaos = Chaos(ctx, farm, server, every_db=ctx.size(40, 12), every_master=ctx.size(60, 16),
-                  first_db=ctx.size(40, 4), first_master=ctx.size(25, 8))
+    chaos = Chaos(ctx, farm, server, every_db=ctx.size(30, 12), every_master=ctx.size(35, 16),
+                  first_db=ctx.size(20, 4), first_master=ctx.size(30, 8))
     try:
         ids = farm.submit("soak", [
             {**t, "args": {**t["args"], "seconds": round(0.05 * (i % 5), 2)}}
@@ -101,11 +102,13 @@ class Chaos:
         self.random = random.Random(6)
 
     def note(self, what: str, detail: Any = "") -> None:
-        self.events.append([round(time.monotonic() - self.begun, 1), what, detail])
+        self.events.append([round(time.monotonic() - self.begun, 1), what, detail,
+                            round(time.time(), 3)])
         self.counts[what] += 1
 
     def start_master(self) -> None:
         self.master = self.farm.start_master()
+        self.note("master started", self.master.pid)
 
     def ensure_master(self) -> None:
         if self.master is None or self.master.poll() is not None:
@@ -183,6 +186,10 @@ def check(farm: Farm, ids: list[str], chaos: Chaos, t0: float, chaos_stopped: fl
               and not runs.get(run_id[i], {}).get("end")]
     attempts = Counter(a.get("outcome") for d in docs.values() for a in d.get("attempts", []))
     starts = sorted(t for r in runs.values() for _, t in r["start"])
+    twice_why = Counter("; ".join(sorted({(a.get("reason") or "")[:40] for a in
+                                          docs[i].get("attempts", [])
+                                          if a.get("outcome") != "success"}))
+                        for i in twice)
     gaps = sorted((b - a for a, b in zip(starts, starts[1:], strict=False)), reverse=True)
     return {
         "tasks": len(ids),
@@ -196,16 +203,51 @@ def check(farm: Farm, ids: list[str], chaos: Chaos, t0: float, chaos_stopped: fl
         "masters_killed": chaos.counts["master killed -9"],
         "lost": len(lost),
         "ran_twice": len(twice),
+        "ran_twice_by_lost_reason": dict(twice_why),
+        "ran_twice_ended_before_master_kill": ended_before_kill(twice, run_id, runs, chaos),
         "not_final": len(not_final),
         "success_without_a_run": len(no_run),
         "states": dict(states),
         "attempt_outcomes": {str(k): v for k, v in attempts.items()},
         "longest_gaps_between_starts_s": [round(g, 1) for g in gaps[:5]],
+        "master_starts": master_starts(farm, chaos, starts),
         "examples": {
             "lost": [explain(docs.get(i), runs.get(run_id[i])) for i in lost[:3]],
             "ran_twice": [explain(docs.get(i), runs.get(run_id[i])) for i in twice[:5]],
         },
     }
+
+
+def ended_before_kill(twice: list[str], run_id: dict[str, str], runs: dict,
+                      chaos: Chaos) -> int:
+    """How many tasks that ran twice had ended their first run less than 5 s before a master
+    was killed -9 (the master died before it wrote their result)."""
+    kills = [e[3] for e in chaos.events if e[1] == "master killed -9"]
+    count = 0
+    for task in twice:
+        first_end = runs[run_id[task]]["end"][0][1]
+        if any(0 <= kill - first_end < 5 for kill in kills):
+            count += 1
+    return count
+
+
+def master_starts(farm: Farm, chaos: Chaos, starts: list[float]) -> list[dict[str, Any]]:
+    """For each master started: seconds until it had loaded its tasks (its 'following
+    changes' log line) and until the first task started on a host after it."""
+    out = []
+    started = [e[3] for e in chaos.events if e[1] == "master started"]
+    for index, at in enumerate(started):
+        log = farm.dir / f"master-{index}.log"
+        ready = None
+        if log.exists():
+            for line in log.read_text(errors="replace").splitlines():
+                if "following changes since" in line:
+                    ready = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    break
+        first = next((t for t in starts if t > at), None)
+        out.append({"loaded_s": round(ready - at, 1) if ready else None,
+                    "first_task_started_s": round(first - at, 1) if first else None})
+    return out
 
 
 def explain(doc: dict[str, Any] | None, run: dict[str, Any] | None) -> dict[str, Any]:
