@@ -21,6 +21,7 @@ from benchmarks.context import Context
 
 SCENARIOS = {m.NAME: m for m in (latency, throughput, limits, peers, scale, soak)}
 RESULTS = Path(__file__).parent / "results.json"
+QUICK_RESULTS = Path(__file__).parent / "results-quick.json"
 README = Path(__file__).parent / "README.md"
 
 
@@ -33,9 +34,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="record the throughput master with py-spy (profile.svg, .txt)")
     parser.add_argument("--sizes", default="",
                         help="scale: tasks in the database, e.g. 10000,100000")
-    parser.add_argument("--out", default=str(RESULTS),
-                        help="results file, merged into (the README table is updated only "
-                        "for the default one)")
+    parser.add_argument("--out", default=None,
+                        help="results file, merged into (default: results.json, with --quick "
+                        "results-quick.json; only results.json updates the README table)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     return parser.parse_args(argv)
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    out = Path(args.out).resolve()
+    out = Path(args.out).resolve() if args.out else QUICK_RESULTS if args.quick else RESULTS
     results = json.loads(out.read_text()) if out.exists() else {}
     results.update(machine=machine(), versions=versions())
     results.setdefault("scenarios", {})

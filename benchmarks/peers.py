@@ -257,6 +257,7 @@ def run_buildbot(ctx: Context) -> dict[str, Any]:
             ctx.procs.stop(process, timeout=10)
     result = summarize(latency, stamp_runs(runs), through["t0"], through["submitted"],
                        through["end"], through["finished"], tasks)
+    result["forced"] = through["forced"]
     if through["finished"] < tasks:
         result["note"] = (f"stopped at its time limit: {through['finished']} of {tasks} builds "
                           "complete; the rate is over those")
@@ -319,4 +320,5 @@ def buildbot_throughput(rest: Rest, tasks: int, deadline: Deadline) -> dict[str,
         if finished == len(wanted):
             break
         time.sleep(0.5)
-    return {"t0": t0, "submitted": submitted, "end": time.time(), "finished": finished}
+    return {"t0": t0, "submitted": submitted, "end": time.time(), "finished": finished,
+            "forced": len(wanted)}
