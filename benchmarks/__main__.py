@@ -88,6 +88,7 @@ def run_one(ctx: Context, name: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": ctx.quick, "load_before": load_average(),
+        "dirt_commit": results_commit(),
     }
     started = time.monotonic()
     try:
@@ -101,6 +102,19 @@ def run_one(ctx: Context, name: str) -> dict[str, Any]:
     entry["seconds"] = round(time.monotonic() - started, 1)
     entry["load_after"] = load_average()
     return entry
+
+
+def results_commit() -> str:
+    """The commit of dirt this scenario measures (a '+' when the work tree has changes)."""
+    import subprocess
+
+    from benchmarks.common import REPO
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "dirt"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+" if dirty else "")
 
 
 def merge(scenarios: dict[str, Any], name: str, entry: dict[str, Any]) -> None:

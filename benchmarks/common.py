@@ -248,11 +248,41 @@ class CouchServer:
 # -- a dirt farm ----------------------------------------------------------------------------
 
 
+class SshHost:
+    """A private sshd on a 127.x address (tests/sshd.py, reused), as a dirt host; its
+    process is in the harness's registry, so it is ended with everything else."""
+
+    def __init__(self, procs: Processes, folder: Path, address: str) -> None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from sshd import Sshd  # the test suite's helper
+
+        self.procs = procs
+        self.sshd = Sshd(folder, address=address)
+        self.start()
+
+    def start(self) -> None:
+        self.sshd.start()
+        self.procs.running[self.sshd.process.pid] = self.sshd.process
+
+    def kill_all(self) -> None:
+        """The host dies: sshd and everything under it (gateway, task processes), kill -9."""
+        if self.sshd.process is not None:
+            self.procs.running.pop(self.sshd.process.pid, None)
+        self.sshd.kill_all()
+
+    def stop(self) -> None:
+        if self.sshd.process is not None:
+            self.procs.running.pop(self.sshd.process.pid, None)
+        self.sshd.stop()
+
+
 class Farm:
-    """A dirt project on the server, with the bench task, local hosts and master processes."""
+    """A dirt project on the server, with the bench task, hosts (local, or on private sshds)
+    and master processes."""
 
     def __init__(self, procs: Processes, workdir: Path, couch_url: str, name: str,
-                 hosts: int, slots: int, **master: Any) -> None:
+                 hosts: int, slots: int, ssh: list[SshHost] | None = None,
+                 **master: Any) -> None:
         self.procs = procs
         self.dir = workdir / name
         self.database = f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -265,6 +295,11 @@ class Farm:
         self.host_names = [f"h{i}" for i in range(hosts)]
         for host in self.host_names:
             client.add_host(self.couch, host, "linux", local=True, slots=slots)
+        for index, server in enumerate(ssh or []):
+            name = f"ssh{index}"
+            self.host_names.append(name)
+            client.add_host(self.couch, name, "linux", ssh=server.sshd.destination,
+                            port=server.sshd.port, key=str(server.sshd.key), slots=slots)
         self.masters: list[subprocess.Popen] = []
 
     def start_master(self, *extra: str) -> subprocess.Popen:

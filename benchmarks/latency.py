@@ -1,4 +1,5 @@
-"""Scenario 1, dispatch latency: an idle farm of 4 local hosts; one one-task record at a time.
+"""Scenario 1, dispatch latency: an idle farm of 4 local hosts (execnet popen gateways), then
+the same with 4 hosts on private sshds on 127.0.0.2-5; one one-task record at a time.
 
 For each sample: submit (client.submit, as `dirt submit` does), then the time until the master
 claimed it (attempts[0].started), until the task starts on its host (the task's own
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from benchmarks.common import Deadline, Farm, FinalWatcher, percentiles, wait_for
+from benchmarks.common import Deadline, Farm, FinalWatcher, SshHost, percentiles, wait_for
 from benchmarks.context import Context
 from dirt.documents import parse_iso
 
@@ -22,7 +23,24 @@ TITLE = "dispatch latency, idle farm of 4 local hosts"
 def run(ctx: Context) -> dict:
     samples = ctx.size(200, 30)
     deadline = Deadline(ctx.size(420, 120), NAME)
-    farm = Farm(ctx.procs, ctx.workdir, ctx.server.url, "latency", hosts=4, slots=2)
+    figures = sample(ctx, "latency", samples, deadline, local=4)
+    try:  # the same over 4 private sshds on 127.0.0.2-5 (tests/sshd.py)
+        servers = [SshHost(ctx.procs, ctx.workdir / f"sshd-{i}", f"127.0.0.{i + 2}")
+                   for i in range(4)]
+    except Exception as exc:
+        figures["ssh"] = {"error": f"sshd hosts could not start: {exc}"}
+        return {"figures": figures}
+    try:
+        figures["ssh"] = sample(ctx, "latency-ssh", samples, deadline, local=0, ssh=servers)
+    finally:
+        for server in servers:
+            server.stop()
+    return {"figures": figures}
+
+
+def sample(ctx: Context, name: str, samples: int, deadline: Deadline, local: int,
+           ssh: list[SshHost] | None = None) -> dict:
+    farm = Farm(ctx.procs, ctx.workdir, ctx.server.url, name, hosts=local, slots=2, ssh=ssh)
     master = farm.start_master()
     try:
         wait_for(farm.hosts_alive, deadline, "4 hosts alive")
@@ -31,9 +49,7 @@ def run(ctx: Context) -> dict:
         watcher.close()
     finally:
         ctx.procs.stop(master)
-    return {"figures": figures,
-            "notes": ["hosts: execnet popen gateways (`dirt hosts add --local`); sshd hosts "
-                      "not measured (no sshd helper in tests/)"]}
+    return figures
 
 
 def measure(farm: Farm, watcher: FinalWatcher, samples: int, deadline: Deadline) -> dict:

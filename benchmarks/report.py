@@ -54,6 +54,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         if p:
             out.append((f"dirt latency, {label} (p50 / p95 / p99)",
                         f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
+    ssh = lat.get("ssh") or {}
+    if ssh.get("error"):
+        out.append(("dirt latency over sshd hosts", "could not run: " + ssh["error"], ""))
+    for key, label in (("to_start_ms", "submit -> started"), ("to_result_ms", "submit -> result")):
+        p = ssh.get(key) or {}
+        if p:
+            out.append((f"dirt latency over 4 sshd hosts on 127.0.0.x, {label} "
+                        "(p50 / p95 / p99)", f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
     tp = get(results, "throughput", "tasks_per_s")
     if tp is not None:
         out.append(("dirt throughput, 2,000 tasks, 8 hosts x 2 slots", fmt(tp, " tasks/s"), "1"))
@@ -141,7 +149,8 @@ def header(results: dict[str, Any]) -> str:
              f"{v.get('redis-server')}, Buildbot {v.get('buildbot')}.", ""]
     for name, entry in (results.get("scenarios") or {}).items():
         size = "quick" if entry.get("quick") else "full size"
-        lines.append(f"- {name}: {entry.get('date')}, {size}, {entry.get('seconds')} s, "
+        lines.append(f"- {name}: {entry.get('date')}, dirt {entry.get('dirt_commit', '?')}, "
+                     f"{size}, {entry.get('seconds')} s, "
                      f"load average before/after {entry.get('load_before')} / "
                      f"{entry.get('load_after')}"
                      + (f"; stopped: {entry['error']}" if entry.get("error") else ""))

@@ -11,8 +11,9 @@ then lets the farm drain and counts: tasks lost (not ended `success`), tasks tha
 their end twice (from the runs file), and tasks not in a final state. All should be 0.
 
 Settings for the farm: lease 5 s, health checks every 2 s, max_attempts 10 (so that a task
-killed several times by chaos is still retried rather than ended `error`). Local hosts only:
-tests/ has no sshd helper, so no sshd hosts are stopped and started.
+killed several times by chaos is still retried rather than ended `error`). 8 local hosts and
+4 hosts on private sshds (tests/sshd.py) on 127.0.0.2-5; the chaos also kills one sshd and
+everything under it (kill -9) every 30 s and starts it again 5 s later.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks.common import (
     Deadline,
     Farm,
     FinalWatcher,
+    SshHost,
     wait_for,
 )
 from benchmarks.context import Context
@@ -48,10 +50,19 @@ def run(ctx: Context) -> dict:
     deadline = Deadline(limit, NAME)
     server = CouchServer(ctx.procs, ctx.workdir / "soak-couch")
     server.start()
-    farm = Farm(ctx.procs, ctx.workdir, server.url, "soak", hosts=12, slots=2,
-                lease_seconds=5, health_interval=2, max_attempts=10, tick_seconds=0.2)
+    notes = []
+    try:
+        ssh = [SshHost(ctx.procs, ctx.workdir / f"soak-sshd-{i}", f"127.0.0.{i + 2}")
+               for i in range(4)]
+    except Exception as exc:
+        ssh = []
+        notes.append(f"sshd hosts could not start ({exc}): 12 local hosts instead")
+    farm = Farm(ctx.procs, ctx.workdir, server.url, "soak", hosts=12 - len(ssh), slots=2,
+                ssh=ssh, lease_seconds=5, health_interval=2, max_attempts=10,
+                tick_seconds=0.2)
     chaos = Chaos(ctx, farm, server, every_db=ctx.size(30, 12), every_master=ctx.size(35, 16),
                   first_db=ctx.size(20, 4), first_master=ctx.size(30, 8))
+    chaos.ssh = ssh
     try:
         ids = farm.submit("soak", [
             {**t, "args": {**t["args"], "seconds": round(0.05 * (i % 5), 2)}}
@@ -75,11 +86,15 @@ def run(ctx: Context) -> dict:
         finished = time.time()
         watcher.close()
         chaos.stop_master()
+        if chaos.down:
+            chaos.down[0].start()
         figures = check(farm, ids, chaos, t0, chaos_stopped, finished, stopped_by)
     finally:
         chaos.stop_master()
         server.stop()
-    return {"figures": figures, "events": chaos.events[-200:]}
+        for host in ssh:
+            host.stop()
+    return {"figures": figures, "events": chaos.events[-200:], "notes": notes}
 
 
 class Chaos:
@@ -98,6 +113,9 @@ class Chaos:
         self.next_db = self.begun + first_db
         self.next_master = self.begun + first_master
         self.events: list[list[Any]] = []
+        self.ssh: list[SshHost] = []
+        self.next_sshd = self.begun + first_db + every_db / 2
+        self.down: tuple[SshHost, float] | None = None
         self.counts: Counter = Counter()
         self.random = random.Random(6)
 
@@ -127,6 +145,16 @@ class Chaos:
     def step(self) -> None:
         now = time.monotonic()
         self.kill_task()
+        if self.down and now >= self.down[1]:
+            self.down[0].start()
+            self.note("sshd host back", self.down[0].sshd.address)
+            self.down = None
+        if self.ssh and self.down is None and now >= self.next_sshd:
+            self.next_sshd = now + self.every_db
+            host = self.ssh[self.counts["sshd host killed"] % len(self.ssh)]
+            host.kill_all()
+            self.note("sshd host killed", host.sshd.address)
+            self.down = (host, now + 5.0)
         if now >= self.next_db:
             self.next_db = now + self.every_db
             self.server.stop()
@@ -149,6 +177,7 @@ class Chaos:
                    if len(r["start"]) > len(r["end"])]
         self.random.shuffle(running)
         masters = {self.master.pid} if self.master else set()
+        masters |= {h.sshd.process.pid for h in self.ssh if h.sshd.process is not None}
         for task, pid in running:
             if not started_by(pid, masters):
                 continue
@@ -160,8 +189,8 @@ class Chaos:
             return
 
 
-def started_by(pid: int, masters: set[int], depth: int = 5) -> bool:
-    """Whether `pid` descends from one of `masters` (so it is a task of ours)."""
+def started_by(pid: int, masters: set[int], depth: int = 8) -> bool:
+    """Whether `pid` descends from one of `masters` or of our sshds (a task of ours)."""
     for _ in range(depth):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -201,6 +230,7 @@ def check(farm: Farm, ids: list[str], chaos: Chaos, t0: float, chaos_stopped: fl
         "task_processes_killed": chaos.counts["task process killed"],
         "database_restarts": chaos.counts["database restarted"],
         "masters_killed": chaos.counts["master killed -9"],
+        "sshd_hosts_killed": chaos.counts["sshd host killed"],
         "lost": len(lost),
         "ran_twice": len(twice),
         "ran_twice_by_lost_reason": dict(twice_why),
