@@ -26,6 +26,7 @@ from dirt.errors import (
 log = logging.getLogger("dirt.couch")
 
 TIMEOUT = (5.0, 60.0)  # connect, read
+INDEX_TIMEOUT = 1800.0  # reading a view whose index is being built (100,000 tasks: minutes)
 
 
 def safe_url(url: str) -> str:
@@ -179,13 +180,20 @@ class Couch:
         rows = self.all_docs(startkey=prefix, endkey=prefix + "\ufff0", include_docs=True)
         return [row["doc"] for row in rows if row.get("doc")]
 
-    def view(self, design: str, name: str, **params: Any) -> dict[str, Any]:
-        """Query a view; `keys` goes in the body, other parameters are JSON-encoded."""
+    def view(
+        self, design: str, name: str, *, read_timeout: float | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Query a view; `keys` goes in the body, other parameters are JSON-encoded.
+
+        The first query of a view builds its index, which takes minutes on a large database:
+        callers that may be first (start-up, warming) pass a longer `read_timeout`."""
         path = f"_design/{design}/_view/{name}"
+        timeout = (TIMEOUT[0], read_timeout) if read_timeout else TIMEOUT
         keys = params.pop("keys", None)
         if keys is not None:
-            return self.request("POST", path, params=_encode(params), json={"keys": keys})
-        return self.request("GET", path, params=_encode(params))
+            return self.request("POST", path, params=_encode(params), json={"keys": keys},
+                                timeout=timeout)
+        return self.request("GET", path, params=_encode(params), timeout=timeout)
 
     def put_attachment(
         self, doc_id: str, rev: str, name: str, body: bytes, content_type: str

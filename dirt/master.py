@@ -30,7 +30,7 @@ from typing import Any
 import execnet
 
 from dirt import couchapp
-from dirt.couch import Couch, inline_attachment
+from dirt.couch import INDEX_TIMEOUT, Couch, inline_attachment
 from dirt.diagnose import check_ssh, explain
 from dirt.documents import (
     ACTIVE,
@@ -218,6 +218,7 @@ class Master:
                 endkey=[state.value, {}],
                 include_docs=True,
                 reduce=False,
+                read_timeout=INDEX_TIMEOUT,
             )["rows"]
             for row in rows:
                 self.update_task(row["doc"])

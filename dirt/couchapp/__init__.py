@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dirt.couch import Couch
+from dirt.couch import INDEX_TIMEOUT, Couch
 from dirt.errors import Conflict, DirtError
 
 FOLDER = Path(__file__).parent
@@ -74,7 +74,7 @@ def warm(couch: Couch) -> threading.Thread:
 
     def query_each() -> None:
         for name, view in views.items():
-            params = {"limit": 0}
+            params: dict[str, Any] = {"limit": 0, "read_timeout": INDEX_TIMEOUT}
             if "reduce" in view:
                 params["reduce"] = False
             try:
