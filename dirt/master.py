@@ -145,6 +145,7 @@ class HostState:
     doc: dict[str, Any]
     gateway: Gateway | None = None
     ready: bool = False  # this master's last check of the host succeeded
+    checked: bool = False  # this master has checked the host at least once
     checking: bool = False
     next_check: float = 0.0
 
@@ -191,6 +192,7 @@ class Master:
         self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
         self.schedulable: set[str] = set()  # pending tasks some host can run (see below)
         self.pending_views: dict[str, tuple[str | None, PendingTask]] = {}  # by rev
+        self.recovering: set[str] = set()  # lease ran out: asking the host for a kept result
         self.farm_seen: Any = None
 
     # -- start ----------------------------------------------------------------------------
@@ -382,6 +384,8 @@ class Master:
                 self.remember_record(doc)
         elif kind == "host":
             self.host_checked(event[1], event[2], event[3])
+        elif kind == "recovered":
+            self.recovered(event[1], event[2], event[3])
         else:
             key, message = event
             self.task_message(key, message)
@@ -478,6 +482,7 @@ class Master:
         if state is None:
             return
         state.checking = False
+        state.checked = True
         state.next_check = time.time() + self.config.health_interval
         doc = state.doc
         was_alive = doc.get("alive")
@@ -518,13 +523,54 @@ class Master:
                 continue
             if not self.in_scope(doc) or task_id in self.stale:
                 continue
-            if (doc.get("lease_until") or 0) < now:
-                self.end_attempt(doc, "lost", "lease expired: the master running it stopped")
+            if (doc.get("lease_until") or 0) < now and task_id not in self.recovering:
+                self.recover(doc)
         for run in list(self.runs.values()):
             if time.monotonic() - run.started > run.timeout + 30:
                 self.fence(run, "no answer from the host after the timeout")
                 reason = f"timeout after {run.timeout:g} s (the host did not end it)"
                 self.finish(run, "timeout", reason)
+
+    def recover(self, doc: dict[str, Any]) -> None:
+        """A lease ran out: the master running the task stopped. If the task ended on its host
+        before that master wrote the result, the host kept it: record it rather than run the
+        task again. Otherwise (or if the host cannot be asked) the attempt is lost."""
+        lost = "lease expired: the master running it stopped"
+        attempts = doc.get("attempts") or []
+        state = self.hosts.get(attempts[-1]["host"]) if attempts else None
+        if state is not None and self.manages(state.doc) and state.doc.get("enabled") \
+                and not state.checked:
+            return  # this master has not reached the host yet: ask once it has
+        if state is None or not state.ready or not self.manages(state.doc) or not state.gateway:
+            self.end_attempt(doc, "lost", lost)
+            return
+        self.recovering.add(doc["_id"])
+        threading.Thread(target=self._collect, args=(state.gateway, doc["_id"], len(attempts)),
+                         daemon=True).start()
+
+    def _collect(self, gateway: Gateway, task_id: str, attempt: int) -> None:
+        """Thread: ask the host how the attempt ended."""
+        try:
+            kept = gateway.collect(task_id, attempt)
+        except HostUnreachable:
+            kept = None
+        self.events.put(("recovered", task_id, attempt, kept))
+
+    def recovered(self, task_id: str, attempt: int, kept: tuple | None) -> None:
+        self.recovering.discard(task_id)
+        doc = self.tasks.get(task_id)
+        if doc is None or doc["state"] != State.RUNNING.value or task_id in self.runs \
+                or len(doc.get("attempts") or []) != attempt:
+            return  # changed meanwhile: the feed brought what happened
+        lost = "lease expired: the master running it stopped"
+        if not kept or kept[0] == "lost":
+            self.end_attempt(doc, "lost", lost if not kept else f"{lost}; {kept[1]}")
+            return
+        host = doc["attempts"][-1]["host"]
+        log.info("task %s: its attempt %d ended on %s before its master stopped: recorded, "
+                 "not run again", task_id, attempt, host, extra={"task": task_id, "host": host})
+        self.record_outcome(doc, kind=kept[0], payload=kept[1], duration=None,
+                            note="result kept by the host after its master stopped")
 
     def end_attempt(self, doc: dict[str, Any], outcome: str, reason: str) -> None:
         """Close the last attempt of `doc` and requeue it, or end it `error` when it has
@@ -675,6 +721,7 @@ class Master:
                 record=self.record_of(doc),
                 args=doc.get("args") or {},
                 timeout=run.timeout,
+                attempt=run.attempt,
             )
             try:
                 if gateway is None:
@@ -738,7 +785,6 @@ class Master:
         doc = self.tasks.get(run.task_id)
         if doc is None or not self.still_ours(doc, run):
             return
-        at = now_iso()
         self.attach_outputs(doc, run)
         if kind == "released":
             self.end_attempt(doc, "released", str(payload))
@@ -748,14 +794,26 @@ class Master:
                         run.host, payload, extra={"task": run.task_id, "host": run.host})
             self.end_attempt(doc, "lost", str(payload))
             return
+        self.record_outcome(doc, kind, payload, duration=time.monotonic() - run.started)
+
+    def record_outcome(self, doc: dict[str, Any], kind: str, payload: Any,
+                       duration: float | None, note: str = "") -> None:
+        """The task's final state, reason and result from how its last attempt ended."""
+        at = now_iso()
         state, reason, result = outcome_of(kind, payload)
-        doc["attempts"][-1].update(ended=at, outcome=state.value, reason=reason)
+        attempt = doc["attempts"][-1]
+        attempt.update(ended=at, outcome=state.value, reason=reason)
+        if note:
+            attempt["note"] = note
+        if duration is None and attempt.get("started"):
+            duration = parse_iso(at) - parse_iso(attempt["started"])
         doc.update(ended=at, lease_until=None, result=result,
-                   duration=round(time.monotonic() - run.started, 3))
+                   duration=round(duration, 3) if duration is not None else None)
         set_state(doc, state, reason, at)
-        log.info("task %s: %s on %s%s", run.task_id, state.value, run.host,
-                 f": {reason}" if reason else "", extra={"task": run.task_id, "host": run.host})
-        self.dirty.add(run.task_id)
+        host = attempt.get("host")
+        log.info("task %s: %s on %s%s", doc["_id"], state.value, host,
+                 f": {reason}" if reason else "", extra={"task": doc["_id"], "host": host})
+        self.dirty.add(doc["_id"])
 
     def attach_outputs(self, doc: dict[str, Any], run: Run) -> None:
         attachments = dict(doc.get("_attachments") or {})

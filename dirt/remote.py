@@ -34,9 +34,12 @@ module = types.ModuleType("dirt_remote_runner")
 module.CHILD_SOURCE = child
 exec(compile(source, "dirt/remote_runner.py", "exec"), module.__dict__)
 sys.modules["dirt_remote_runner"] = module
+module.prune_results()
 channel.send("installed")
 """
 RUN_TASK = "import sys\nsys.modules['dirt_remote_runner'].run(channel, channel.receive())\n"
+COLLECT = ("import sys\n"
+           "channel.send(sys.modules['dirt_remote_runner'].collect(*channel.receive()))\n")
 
 FACTS_SOURCE = """
 import os, platform, socket, sys
@@ -92,6 +95,7 @@ class Job:
     record: dict[str, Any]
     args: dict[str, Any]
     timeout: float | None
+    attempt: int = 1
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -102,6 +106,7 @@ class Job:
             "record": self.record,
             "args": self.args,
             "timeout": self.timeout,
+            "attempt": self.attempt,
         }
 
 
@@ -181,6 +186,17 @@ class Gateway:
             self.close()
             raise HostUnreachable(f"host {self.name}: cannot start task: {describe(exc)}") from None
         return channel
+
+    def collect(self, task_id: str, attempt: int, timeout: float = 15.0) -> tuple | None:
+        """How an attempt of a task ended on this host, if it ended (see remote_runner)."""
+        self.open()
+        try:
+            channel = self.gateway.remote_exec(COLLECT)
+            channel.send((task_id, attempt))
+            kept = channel.receive(timeout=timeout)
+        except Exception as exc:
+            raise HostUnreachable(f"host {self.name}: does not answer: {describe(exc)}") from None
+        return tuple(kept) if kept else None
 
     def shutdown(self) -> None:
         """Close for good: the master is exiting."""

@@ -10,6 +10,7 @@ Messages sent: ("started", pid), ("log", lines), ("attach", name, b64, type),
 ("result", dict), ("error", traceback), ("timeout", seconds), ("lost", reason).
 """
 
+import hashlib
 import json
 import os
 import selectors
@@ -25,6 +26,53 @@ CHILD_CODE = None
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
+KEEP_RESULTS_SECONDS = 7 * 24 * 3600
+RESULTS = os.path.join(tempfile.gettempdir(), "dirt-results-{}".format(
+    os.getuid() if hasattr(os, "getuid") else "user"))
+
+
+def result_path(task_id, attempt):
+    name = hashlib.sha256(f"{task_id}:{attempt}".encode()).hexdigest()
+    return os.path.join(RESULTS, name + ".json")
+
+
+def keep_result(job, message):
+    """Keep how an attempt ended on the host, so that a master taking over from one that
+    died after the task ended (before it wrote the result) records it instead of running the
+    task again."""
+    try:
+        os.makedirs(RESULTS, mode=0o700, exist_ok=True)
+        path = result_path(job["task_id"], job["attempt"])
+        with open(path + ".tmp", "w") as out:
+            json.dump(list(message), out)
+        os.replace(path + ".tmp", path)
+    except (OSError, TypeError, ValueError):
+        pass  # the master is told anyway: only the take-over case needs the file
+
+
+def collect(task_id, attempt):
+    """How attempt `attempt` of `task_id` ended on this host, or None if it never ended."""
+    try:
+        with open(result_path(task_id, attempt)) as kept:
+            return json.load(kept)
+    except (OSError, ValueError):
+        return None
+
+
+def prune_results():
+    """Forget kept outcomes older than a week (run when the runner is installed)."""
+    try:
+        names = os.listdir(RESULTS)
+    except OSError:
+        return
+    old = time.time() - KEEP_RESULTS_SECONDS
+    for name in names:
+        path = os.path.join(RESULTS, name)
+        try:
+            if os.path.getmtime(path) < old:
+                os.remove(path)
+        except OSError:
+            pass
 
 
 def close_inherited_fds(keep):
@@ -241,13 +289,19 @@ def run(channel, job):
     timed_out = pump(process, relay, job["timeout"])
     returncode = process.wait()
     shutil.rmtree(workdir, ignore_errors=True)
+    final = ending(timed_out, relay.outcome, returncode, job["timeout"])
+    keep_result(job, final)
+    channel.send(final)
+
+
+def ending(timed_out, outcome, returncode, timeout):
+    """The attempt's last message: how it ended."""
     if timed_out:
-        channel.send(("timeout", job["timeout"]))
-    elif relay.outcome:
-        channel.send(relay.outcome)
-    elif returncode < 0:
+        return ("timeout", timeout)
+    if outcome:
+        return outcome
+    if returncode < 0:
         name = signal.Signals(-returncode).name
         kind = "error" if name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL") else "lost"
-        channel.send((kind, f"task process killed by {name} without a result"))
-    else:
-        channel.send(("error", f"task process exited with code {returncode} without a result"))
+        return (kind, f"task process killed by {name} without a result")
+    return ("error", f"task process exited with code {returncode} without a result")

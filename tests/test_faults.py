@@ -67,6 +67,35 @@ def test_database_restarted_mid_run(tmp_path):
         server.stop()
 
 
+def test_a_result_that_outlived_its_master_is_recorded_not_run_again(tmp_path):
+    """The master dies after its tasks ended on the host but before it could write their
+    results (the database was down): the next master takes the results the host kept."""
+    server = CouchServer(tmp_path / "couch")
+    server.start()
+    try:
+        settings, couch = make_farm(tmp_path, server.url, hosts=1, slots=2)
+        runs_file = tmp_path / "runs.txt"
+        submit(settings, couch, 2, runs_file, seconds=1)
+        first = MasterProcess(settings.project, tmp_path / "m1.log")
+        try:
+            wait_for(lambda: sum(runs(runs_file)[0].values()) == 2, 60, "both tasks to start")
+            server.stop()  # the results cannot be written now
+            wait_for(lambda: sum(runs(runs_file)[1].values()) == 2, 60, "both tasks to end")
+            time.sleep(0.5)  # the results reach the master, which holds them
+        finally:
+            first.kill()
+        server.start()
+        second = MasterProcess(settings.project, tmp_path / "m2.log", "--drain")
+        assert second.wait(120) == 0, second.log()
+        docs = assert_exactly_once(couch, runs_file, 2)
+        for doc in docs:
+            (attempt,) = doc["attempts"]
+            assert attempt["outcome"] == "success"
+            assert attempt["note"] == "result kept by the host after its master stopped"
+    finally:
+        server.stop()
+
+
 def test_two_masters_share_200_tasks_over_4_hosts(tmp_path, couch_server):
     settings, couch = make_farm(tmp_path, couch_server.url, hosts=4, slots=2)
     runs_file = tmp_path / "runs.txt"
