@@ -2,7 +2,8 @@
 
 - bare execnet: the same 2,000 trivial calls (the bench task's two file lines) over 8 popen
   gateways, 2 at a time each, by remote_exec on open gateways, no dirt;
-- bare execnet plus one fresh Python process per call (what dirt does to isolate a task);
+- bare execnet plus one forked process per call (how dirt's runner isolates a task where the
+  host can fork), and plus one fresh Python process per call (where it cannot);
 - the database: 2,000 task documents written with `_bulk_docs` (batches of 1,000 and of 100)
   and with single PUTs from one client.
 """
@@ -51,12 +52,29 @@ subprocess.run([sys.executable, "-u", "-c", code, task, path], check=True)
 channel.send(time.time())
 """
 
+CALL_FORKED = """
+import os, time
+task, path = channel.receive()
+pid = os.fork()
+if pid == 0:
+    try:
+        for what in ("start", "end"):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, ("%s %s %d %.6f\\n" % (task, what, os.getpid(), time.time())).encode())
+            os.close(fd)
+    finally:
+        os._exit(0)
+os.waitpid(pid, 0)
+channel.send(time.time())
+"""
+
 
 def run(ctx: Context) -> dict:
     count = ctx.size(2000, 300)
     deadline = Deadline(ctx.size(300, 120), NAME)
     figures = {
         "execnet_calls_per_s": execnet_rate(ctx, CALL, count, deadline, "bare"),
+        "execnet_fork_calls_per_s": execnet_rate(ctx, CALL_FORKED, count, deadline, "fork"),
         "execnet_process_calls_per_s": execnet_rate(ctx, CALL_IN_PROCESS, count, deadline,
                                                     "process"),
     }

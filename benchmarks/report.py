@@ -71,7 +71,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                         f"{cpu['master']} / {cpu['hosts']} / {cpu['database']} ms", ""))
     for key, label in (
         ("execnet_calls_per_s", "limit: bare execnet, same calls, 8 gateways x 2"),
-        ("execnet_process_calls_per_s", "limit: bare execnet + 1 Python process per call"),
+        ("execnet_fork_calls_per_s", "limit: bare execnet + 1 forked process per call"),
+        ("execnet_process_calls_per_s", "limit: bare execnet + 1 new Python process per call"),
         ("db_bulk_docs_1000_docs_per_s", "limit: database, _bulk_docs of 1,000"),
         ("db_bulk_docs_100_docs_per_s", "limit: database, _bulk_docs of 100"),
         ("db_put_docs_per_s", "limit: database, single PUTs"),
