@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"work folder kept: {workdir}")
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            for _ in range(3):  # a process that is still ending may write one last line
+                shutil.rmtree(workdir, ignore_errors=True)
+                if not workdir.exists():
+                    break
+                time.sleep(1.0)
     print()
     print(report.table(results))
     print(f"\nresults written to {out}")
