@@ -57,6 +57,9 @@ class Couch:
         self.db_url = f"{self.url}/{quote(database, safe='')}"
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
+        if urlsplit(self.url).hostname in ("127.0.0.1", "localhost", "::1"):
+            # a local server needs no proxy or netrc: skip reading them on every request
+            self.session.trust_env = False
 
     def __repr__(self) -> str:
         return f"Couch({safe_url(self.db_url)!r})"
