@@ -6,6 +6,7 @@ static/live.js swaps that in when the database changed, so pages stay current wi
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from flask import (
 )
 
 from dirt.documents import FINAL, OVERALL_ORDER, State
+from dirt.errors import DirtError
 from dirt.web import format as fmt
 from dirt.web import history as hist
 from dirt.web import queries
@@ -77,15 +79,31 @@ def records() -> Response | str:
     )
 
 
-def totals() -> dict[str, int]:
-    """Counts of all tasks by state: a grouped reduce over every task, so it is read at most
-    every TOTALS_SECONDS, not on every refresh of the records page."""
+def totals() -> dict[str, int] | None:
+    """Counts of all tasks by state: a grouped reduce over every task (seconds on 100,000
+    tasks), so it is refreshed in the background at most every TOTALS_SECONDS and never makes
+    a page wait long. None while the first count is still running."""
     cache = current_app.extensions["dirt"]
-    at, counts = cache.get("totals", (0.0, {}))
+    at, counts = cache.get("totals", (0.0, None))
     if time.monotonic() - at > current_app.config["TOTALS_SECONDS"]:
-        counts = queries.state_counts(couch())
-        cache["totals"] = (time.monotonic(), counts)
+        counting = cache.setdefault("totals_lock", threading.Lock())
+        if counting.acquire(blocking=False):
+            worker = threading.Thread(target=count_totals, args=(couch(), cache, counting),
+                                      name="dirt totals", daemon=True)
+            worker.start()
+            if counts is None:
+                worker.join(0.3)  # a small database answers at once
+                counts = cache.get("totals", (0.0, None))[1]
     return counts
+
+
+def count_totals(db: Any, cache: dict[str, Any], counting: threading.Lock) -> None:
+    try:
+        cache["totals"] = (time.monotonic(), queries.state_counts(db))
+    except DirtError:
+        pass  # the page goes on without them; the next request tries again
+    finally:
+        counting.release()
 
 
 @bp.get("/records/<name>")
