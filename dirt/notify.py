@@ -26,6 +26,7 @@ import ssl
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -88,18 +89,19 @@ class Message:
 # -- targets ------------------------------------------------------------------------------
 
 
-class Target:
+class Target(ABC):
     """Somewhere a notification goes. `name` is safe to store and show (no credentials)."""
 
     kind = ""
     name = ""
 
+    @abstractmethod
     def wants(self, message: Message) -> bool:
-        raise NotImplementedError
+        """Does this target want to hear about this message (its `on` rule)?"""
 
+    @abstractmethod
     def send(self, message: Message, timeout: float) -> None:
         """Send once; NotificationFailed when it did not work."""
-        raise NotImplementedError
 
 
 def _on(rule: str, message: Message) -> bool:
