@@ -186,10 +186,8 @@ def submit(
     """
     record = documents.new_record(name, description=description, submitter=submitter, meta=meta)
     task_docs = plan_tasks(registry, record, tasks, known_platforms(couch))
-    if couch.get_or_none(record["_id"]) is not None:
-        raise InvalidRecord(f"record {name!r} exists already")
     try:
-        couch.put(record)
+        couch.put(record)  # no _rev: a record that exists answers 409
     except Conflict:
         raise InvalidRecord(f"record {name!r} exists already") from None
     answers = couch.bulk_docs(task_docs)
