@@ -285,3 +285,22 @@ def overall_state(counts: dict[str, int]) -> str:
 def summarize(states: Iterable[str]) -> dict[str, Any]:
     counts = Counter(states)
     return {"counts": dict(counts), "total": sum(counts.values()), "state": overall_state(counts)}
+
+
+def outcome_of(kind: str, payload: Any) -> tuple[State, str, dict[str, Any]]:
+    """The state, reason and stored result for how an attempt ended."""
+    if kind == "timeout":
+        reason = f"timeout after {payload:g} s" if isinstance(payload, int | float) else payload
+        return State.ERROR, reason, {"success": False, "reason": reason}
+    if kind == "error":
+        text = str(payload).rstrip()
+        last = text.splitlines()[-1] if text else "task crashed"
+        return State.ERROR, last, {"success": False, "reason": last, "traceback": text}
+    if not isinstance(payload, dict) or not isinstance(payload.get("success"), bool):
+        reason = (
+            f"task returned {type(payload).__name__} {str(payload)[:80]!r}, "
+            "not a dict with a boolean 'success'"
+        )
+        return State.ERROR, reason, {"success": False, "reason": reason}
+    reason = str(payload.get("reason") or "")
+    return (State.SUCCESS if payload["success"] else State.FAILED), reason, payload

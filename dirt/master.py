@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +33,15 @@ from dirt.couch import INDEX_TIMEOUT, Couch, inline_attachment
 from dirt.diagnose import check_ssh, explain
 from dirt.documents import (
     ACTIVE,
-    FINAL,
     State,
     host_slots,
     now_iso,
+    outcome_of,
     parse_iso,
     set_state,
 )
 from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
+from dirt.logbuffer import LogBuffer
 from dirt.remote import Gateway, Job, gateway_spec
 from dirt.scheduler import HostView, PendingTask, assign, unschedulable_reason
 from dirt.settings import Settings
@@ -56,49 +56,6 @@ MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 def rev_gen(doc: dict[str, Any]) -> int:
     rev = doc.get("_rev") or "0-"
     return int(rev.split("-", 1)[0])
-
-
-class LogBuffer:
-    """A task's log, bounded: the first `head` bytes and the last bytes up to `limit`."""
-
-    def __init__(self, limit: int, head: int = 64 * 1024) -> None:
-        self.limit = max(limit, 1024)
-        self.head_limit = min(head, self.limit // 2)
-        self.head = bytearray()
-        self.tail: deque[bytes] = deque()
-        self.tail_size = 0
-        self.dropped = 0
-        self.dirty = False
-
-    def add(self, text: str) -> None:
-        """Add a line (or a batch of lines) of output."""
-        data = (text + "\n").encode("utf-8", "replace")
-        self.dirty = True
-        room = self.head_limit - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-            if not data:
-                return
-        self.tail.append(data)
-        self.tail_size += len(data)
-        excess = self.tail_size - (self.limit - self.head_limit)
-        while excess > 0:
-            first = self.tail[0]
-            cut = min(len(first), excess)
-            if cut == len(first):
-                self.tail.popleft()
-            else:
-                self.tail[0] = first[cut:]
-            self.tail_size -= cut
-            self.dropped += cut
-            excess -= cut
-
-    def render(self) -> bytes:
-        note = b""
-        if self.dropped:
-            note = f"\n[dirt: {self.dropped} bytes of log omitted here]\n\n".encode()
-        return bytes(self.head) + note + b"".join(self.tail)
 
 
 @dataclass
@@ -1009,23 +966,4 @@ def waited_since_pending(doc: dict[str, Any]) -> float:
     return max(0.0, parse_iso(doc["started"]) - parse_iso(pending[-1]))
 
 
-def outcome_of(kind: str, payload: Any) -> tuple[State, str, dict[str, Any]]:
-    """The state, reason and stored result for how an attempt ended."""
-    if kind == "timeout":
-        reason = f"timeout after {payload:g} s" if isinstance(payload, int | float) else payload
-        return State.ERROR, reason, {"success": False, "reason": reason}
-    if kind == "error":
-        text = str(payload).rstrip()
-        last = text.splitlines()[-1] if text else "task crashed"
-        return State.ERROR, last, {"success": False, "reason": last, "traceback": text}
-    if not isinstance(payload, dict) or not isinstance(payload.get("success"), bool):
-        reason = (
-            f"task returned {type(payload).__name__} {str(payload)[:80]!r}, "
-            "not a dict with a boolean 'success'"
-        )
-        return State.ERROR, reason, {"success": False, "reason": reason}
-    reason = str(payload.get("reason") or "")
-    return (State.SUCCESS if payload["success"] else State.FAILED), reason, payload
-
-
-__all__ = ["Master", "Listener", "LogBuffer", "outcome_of", "FINAL"]
+__all__ = ["Master", "Listener"]

@@ -145,3 +145,21 @@ def test_summarize_counts_and_overall_state(states, overall):
     assert summary["state"] == overall
     assert summary["total"] == len(states)
     assert sum(summary["counts"].values()) == len(states)
+
+
+# -- how an attempt ended ------------------------------------------------------------------------
+
+
+def test_outcome_of_each_way_an_attempt_ends():
+    from dirt.documents import outcome_of
+
+    assert outcome_of("result", {"success": True, "reason": "ok"})[:2] == (State.SUCCESS, "ok")
+    assert outcome_of("result", {"success": False, "reason": "2 failed"})[:2] == (
+        State.FAILED, "2 failed")
+    state, reason, result = outcome_of("result", ["not", "a", "dict"])
+    assert state == State.ERROR and "not a dict with a boolean 'success'" in reason
+    state, reason, result = outcome_of("error", "Traceback (most recent call last):\n"
+                                                "  File ...\nKeyError: 'x'\n")
+    assert (state, reason) == (State.ERROR, "KeyError: 'x'")
+    assert result["traceback"].startswith("Traceback")
+    assert outcome_of("timeout", 5)[:2] == (State.ERROR, "timeout after 5 s")
