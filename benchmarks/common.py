@@ -31,6 +31,11 @@ from dirt.settings import load
 from dirt.tasks import Registry
 
 REPO = Path(__file__).resolve().parent.parent
+# the harness reuses the test suite's helpers: the sshd host, the dirt.toml editor, /proc walking
+sys.path.insert(0, str(REPO / "tests"))
+from farm import configure  # noqa: E402
+from sshd import Sshd, descendants  # noqa: E402
+
 DIRT = str(Path(sys.executable).parent / "dirt")
 PEERS_VENV = REPO / "benchmarks" / ".peers"
 FINAL_STATES = {s.value for s in FINAL}
@@ -183,24 +188,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def rss_mb(pid: int) -> dict[str, float]:
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -253,9 +240,6 @@ class SshHost:
     process is in the harness's registry, so it is ended with everything else."""
 
     def __init__(self, procs: Processes, folder: Path, address: str) -> None:
-        sys.path.insert(0, str(REPO / "tests"))
-        from sshd import Sshd  # the test suite's helper
-
         self.procs = procs
         self.sshd = Sshd(folder, address=address)
         self.start()
@@ -336,16 +320,6 @@ class Farm:
 
     def task_docs(self) -> list[dict[str, Any]]:
         return self.couch.docs_by_prefix("task:")
-
-
-def configure(project: Path, **master: Any) -> None:
-    """Set [master] values in a project's dirt.toml."""
-    text = (project / "dirt.toml").read_text()
-    for key, value in master.items():
-        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} ")]
-        text = "\n".join(lines) + "\n"
-        text = text.replace("[master]\n", f"[master]\n{key} = {value}\n")
-    (project / "dirt.toml").write_text(text)
 
 
 # -- the changes feed, read cheaply ---------------------------------------------------------
