@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 CHILD_SOURCE = globals().get("CHILD_SOURCE", "")  # set by the installer (remote.py)
-CHILD_CODE = None
+CHILD = None  # remote_child.py's namespace, loaded once in the gateway: forks inherit it
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
@@ -40,11 +41,18 @@ def keep_result(job, message):
     """Keep how an attempt ended on the host, so that a master taking over from one that
     died after the task ended (before it wrote the result) records it instead of running the
     task again."""
+    path = result_path(job["task_id"], job["attempt"])
     try:
-        os.makedirs(RESULTS, mode=0o700, exist_ok=True)
-        path = result_path(job["task_id"], job["attempt"])
-        with open(path + ".tmp", "w") as out:
-            json.dump(list(message), out)
+        data = json.dumps(list(message)).encode("utf-8")
+        try:
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(RESULTS, mode=0o700, exist_ok=True)
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
         os.replace(path + ".tmp", path)
     except (OSError, TypeError, ValueError):
         pass  # the master is told anyway: only the take-over case needs the file
@@ -98,11 +106,16 @@ class TaskProcess:
     """
 
     def __init__(self, job):
+        global CHILD
         out_read, out_write = os.pipe()
         msg_read, msg_write = os.pipe()
         self.returncode = None
         self.process = None
         if hasattr(os, "fork"):
+            if CHILD is None:  # two threads may both load it: either copy serves
+                namespace = {"__name__": "dirt_task_process"}
+                exec(compile(CHILD_SOURCE, "remote_child.py", "exec"), namespace)
+                CHILD = namespace
             self.pid = os.fork()
             if self.pid == 0:
                 self._run_forked(job, out_write, msg_write)
@@ -125,7 +138,7 @@ class TaskProcess:
     def _run_forked(job, out_write, msg_write):
         """In the forked child: a session of its own, stdout/stderr to the log pipe, the
         messages pipe as fd 3, nothing else inherited; then the task. Never returns."""
-        global CHILD_CODE
+        code = 1
         try:
             os.setsid()
             null = os.open(os.devnull, os.O_RDONLY)
@@ -137,15 +150,14 @@ class TaskProcess:
             sys.stdin = open(0, closefd=False)
             sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
             sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
-            if CHILD_CODE is None:
-                CHILD_CODE = compile(CHILD_SOURCE, "remote_child.py", "exec")
-            namespace = {"__name__": "dirt_task_process"}
-            exec(CHILD_CODE, namespace)
-            namespace["run_job"](dict(job, message_fd=3))
+            CHILD["run_job"](dict(job, message_fd=3))
             sys.stdout.flush()
             sys.stderr.flush()
+            code = 0
+        except BaseException:  # dirt's own fault before the task ran: into the task's log
+            traceback.print_exc()
         finally:
-            os._exit(0)
+            os._exit(code)
 
     def poll(self):
         """The exit code (negative: the signal) once the process ended, else None."""
@@ -288,10 +300,17 @@ def run(channel, job):
     relay = Relay(channel)
     timed_out = pump(process, relay, job["timeout"])
     returncode = process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+    remove_workdir(workdir)
     final = ending(timed_out, relay.outcome, returncode, job["timeout"])
     keep_result(job, final)
     channel.send(final)
+
+
+def remove_workdir(workdir):
+    try:
+        os.rmdir(workdir)  # most tasks leave it empty: one call instead of a tree walk
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def ending(timed_out, outcome, returncode, timeout):
