@@ -138,6 +138,8 @@ class Master:
         self.dirty_hosts: set[str] = set()
         self.write_backoff = 0.0
         self.next_write = 0.0
+        self.last_write = 0.0
+        self.deferred = False  # a write waits for batch_seconds to pass
         self.seq: str | int = 0
         self.checkpointed: str | int | None = None
         self.next_checkpoint = 0.0
@@ -200,17 +202,22 @@ class Master:
 
     def loop_once(self, now: float | None = None, wait: float | None = None) -> None:
         """One pass of the loop; `now` (time.time()) lets tests move the clock."""
-        self.read_events(self.config.tick_seconds if wait is None else wait)
+        self.read_events(self.next_wait() if wait is None else wait)
         now = time.time() if now is None else now
         self.check_hosts(now)
         self.expire_leases(now)
         self.mark_unschedulable()
-        if not self.stop_requested.is_set() and time.monotonic() >= self.next_write:
-            self.dispatch(self.claim(now), now)
         self.renew_runs(now)
-        self.write_results(now)
+        self.dispatch(self.write(now), now)
         self.save_checkpoint(now)
         self.tell("loop_done", self)
+
+    def next_wait(self) -> float:
+        """How long the next pass may wait for events: a tick, or less when a write is due."""
+        if not (self.deferred or self.dirty or self.dirty_hosts):
+            return self.config.tick_seconds
+        due = max(self.last_write + self.config.batch_seconds, self.next_write)
+        return max(0.0, min(self.config.tick_seconds, due - time.monotonic()))
 
     def tell(self, hook: str, *args: Any) -> None:
         """Call a hook on every listener; a failing listener is logged, never fatal."""
@@ -617,9 +624,11 @@ class Master:
                 log.info("task %s: unschedulable: %s", task.id, reason, extra={"task": task.id})
                 self.dirty.add(task.id)
 
-    def claim(self, now: float) -> list[dict[str, Any]]:
-        """Claim tasks for free slots by writing them with the `_rev` read; a conflict means
-        another master (or a user) won, and the task is left alone."""
+    def claims(self, now: float) -> list[dict[str, Any]]:
+        """Task documents that claim pending tasks for free slots, to be written with the
+        `_rev` read (see claimed())."""
+        if self.stop_requested.is_set():
+            return []
         pairs = assign(self.pending(), self.host_views(managed_only=True))
         if not pairs:
             return []
@@ -636,11 +645,12 @@ class Master:
                        lease_until=now + self.config.lease_seconds)
             set_state(doc, State.RUNNING, "", at)
             claims.append(doc)
-        try:
-            answers = self.couch.bulk_docs(claims)
-        except DatabaseUnavailable as exc:
-            self.back_off(f"cannot claim tasks: {exc}", exc)
-            return []
+        return claims
+
+    def claimed(self, claims: list[dict[str, Any]], answers: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+        """The claims this master won; a conflict means another master (or a user) wrote the
+        task first, and it is left alone."""
         won = []
         for doc, answer in zip(claims, answers, strict=True):
             if answer.get("error"):
@@ -774,10 +784,13 @@ class Master:
 
     def attach_outputs(self, doc: dict[str, Any], run: Run) -> None:
         attachments = dict(doc.get("_attachments") or {})
-        attachments["log.txt"] = inline_attachment(run.log.render(), "text/plain; charset=utf-8")
+        text = run.log.render()
+        if text or "log.txt" in attachments:  # a silent task stores no log (cheaper writes)
+            attachments["log.txt"] = inline_attachment(text, "text/plain; charset=utf-8")
         for name, (content_type, data) in run.artifacts.items():
             attachments[name] = inline_attachment(data, content_type)
-        doc["_attachments"] = attachments
+        if attachments:
+            doc["_attachments"] = attachments
         run.log.dirty = False
 
     def renew_runs(self, now: float) -> None:
@@ -800,28 +813,39 @@ class Master:
                 run.last_write = now
                 self.dirty.add(run.task_id)
 
-    def write_results(self, now: float) -> None:
-        """Write every changed document in one _bulk_docs; on an outage keep them and retry
-        with backoff (nothing is dropped)."""
-        if time.monotonic() < self.next_write:
-            return
-        ids = sorted(self.dirty)
-        docs = [self.tasks[i] for i in ids if i in self.tasks]
+    def write(self, now: float, claim: bool = True) -> list[dict[str, Any]]:
+        """One _bulk_docs per pass: results, lease renewals, host changes and new claims.
+        Returns the claims won, to dispatch.
+
+        While tasks run, a write waits until `batch_seconds` after the previous one, so that
+        many results and claims share one request (the database's cost is mostly per
+        request); an idle farm's first write goes at once. On an outage everything is kept
+        and retried with backoff (nothing is dropped)."""
+        clock = time.monotonic()
+        if clock < self.next_write:
+            return []
+        self.deferred = bool(self.runs) and clock < self.last_write + self.config.batch_seconds
+        if self.deferred:
+            return []
+        docs = [self.tasks[i] for i in sorted(self.dirty) if i in self.tasks]
         host_docs = [self.hosts[n].doc for n in sorted(self.dirty_hosts) if n in self.hosts]
-        if not docs and not host_docs:
-            return
+        claims = self.claims(now) if claim else []
+        if not docs and not host_docs and not claims:
+            return []
         try:
-            answers = self.couch.bulk_docs(docs + host_docs)
+            answers = self.couch.bulk_docs(docs + host_docs + claims)
         except DatabaseUnavailable as exc:
             self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}", exc)
-            return
+            return []
+        self.last_write = time.monotonic()
         self.write_backoff = 0.0
-        for doc, answer in zip(docs, answers[: len(docs)], strict=True):
+        for doc, answer in zip(docs, answers, strict=False):
             self.written(doc, answer)
-        for doc, answer in zip(host_docs, answers[len(docs):], strict=True):
+        for doc, answer in zip(host_docs, answers[len(docs):], strict=False):
             self.dirty_hosts.discard(doc["name"])
             if answer.get("error") == "conflict":
                 self.refresh_host(doc["name"])
+        return self.claimed(claims, answers[len(docs) + len(host_docs):])
 
     def back_off(self, what: str, error: Exception | None = None) -> None:
         """The database does not answer: claim and write nothing for a while (capped
@@ -915,8 +939,8 @@ class Master:
         """Before exiting: write what is held, for a while if the database is down."""
         end = time.monotonic() + deadline
         while (self.dirty or self.dirty_hosts) and time.monotonic() < end:
-            self.next_write = 0.0
-            self.write_results(time.time())
+            self.next_write = self.last_write = 0.0
+            self.write(time.time(), claim=False)
             if self.dirty or self.dirty_hosts:
                 time.sleep(0.5)
 

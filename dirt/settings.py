@@ -26,6 +26,7 @@ class MasterSettings:
     health_interval: float = 10.0
     grace_seconds: float = 30.0
     tick_seconds: float = 0.5
+    batch_seconds: float = 0.02  # while tasks run: gather results and claims into one write
 
 
 @dataclass(frozen=True)
