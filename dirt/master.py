@@ -689,6 +689,7 @@ class Master:
                 args=doc.get("args") or {},
                 timeout=run.timeout,
                 attempt=run.attempt,
+                reuse=module.reuse,
             )
             try:
                 if gateway is None:

@@ -96,6 +96,7 @@ class Job:
     args: dict[str, Any]
     timeout: float | None
     attempt: int = 1
+    reuse: int = 1  # runs one task process may serve (the module's REUSE_PROCESS)
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ class Job:
             "args": self.args,
             "timeout": self.timeout,
             "attempt": self.attempt,
+            "reuse": self.reuse,
         }
 
 

@@ -12,6 +12,7 @@ import json
 import linecache
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,11 +86,12 @@ def load(job):
     return module
 
 
-def run_job(job):
+def run_job(job, watch=True):
     """Run the task module's execute(ctx) and send its result (or its traceback)."""
     global MESSAGES
     MESSAGES = os.fdopen(job["message_fd"], "w", buffering=1)
-    threading.Thread(target=watch_parent, args=(job["parent"],), daemon=True).start()
+    if watch:
+        threading.Thread(target=watch_parent, args=(job["parent"],), daemon=True).start()
     os.chdir(job["workdir"])
     try:
         module = load(job)
@@ -107,6 +109,61 @@ def run_job(job):
         send("error", f"task returned a result that is not JSON: {exc}")
         return
     send("result", result)
+
+
+def serve(sock, parent, runs, idle):
+    """A kept worker (remote_runner.Worker): up to `runs` runs, each received on `sock` with
+    its output and messages pipes, which it closes when the run ends. Ends when idle for
+    `idle` seconds."""
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
+    sock.settimeout(idle)
+    null = os.open(os.devnull, os.O_WRONLY)
+    for _ in range(runs):
+        received = receive(sock)
+        if received is None:
+            return  # the runner let this worker go
+        job, output, messages = received
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(messages, 3)
+        os.close(output)
+        os.close(messages)
+        try:
+            run_job(job, watch=False)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            try:
+                MESSAGES.close()  # fd 3: a second file object on it would close it later
+            except OSError:
+                pass
+            for fd in (1, 2, 3):  # the runner sees the run's pipes close: the run ended
+                os.dup2(null, fd)
+            os.chdir("/")
+
+
+def receive(sock):
+    """One run from the runner: (job, output fd, messages fd), or None at the end."""
+    try:
+        head, fds, _, _ = socket.recv_fds(sock, 8, 2)
+        while head and len(head) < 8:
+            more = sock.recv(8 - len(head))
+            head = head + more if more else b""
+        if len(head) < 8 or len(fds) != 2:
+            return None
+        size = int.from_bytes(head, "big")
+        body = bytearray()
+        while len(body) < size:
+            chunk = sock.recv(min(size - len(body), 1 << 20))
+            if not chunk:
+                return None
+            body += chunk
+    except OSError:
+        return None
+    return json.loads(body), fds[0], fds[1]
 
 
 def main():

@@ -16,9 +16,11 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -98,6 +100,34 @@ def close_inherited_fds(keep):
                 pass
 
 
+def load_child():
+    """remote_child.py's namespace, loaded once in the gateway so that forks inherit it."""
+    global CHILD
+    if CHILD is None:  # two threads may both load it: either copy serves
+        namespace = {"__name__": "dirt_task_process"}
+        exec(compile(CHILD_SOURCE, "remote_child.py", "exec"), namespace)
+        CHILD = namespace
+    return CHILD
+
+
+def become_task_process(out_write, msg_write, keep=None):
+    """In a forked child: a session of its own, stdin from /dev/null, stdout and stderr to
+    the log pipe, the messages pipe as fd 3, descriptor `keep` as fd 4, nothing else of the
+    gateway's inherited."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_write, 1)
+    os.dup2(out_write, 2)
+    os.dup2(msg_write, 3)
+    if keep is not None:
+        os.dup2(keep, 4)
+    close_inherited_fds(keep=3 if keep is None else 4)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
+
+
 class TaskProcess:
     """The task's process: `pid`, the read ends of its output and of its messages pipe.
 
@@ -106,16 +136,12 @@ class TaskProcess:
     """
 
     def __init__(self, job):
-        global CHILD
         out_read, out_write = os.pipe()
         msg_read, msg_write = os.pipe()
         self.returncode = None
         self.process = None
         if hasattr(os, "fork"):
-            if CHILD is None:  # two threads may both load it: either copy serves
-                namespace = {"__name__": "dirt_task_process"}
-                exec(compile(CHILD_SOURCE, "remote_child.py", "exec"), namespace)
-                CHILD = namespace
+            load_child()
             self.pid = os.fork()
             if self.pid == 0:
                 self._run_forked(job, out_write, msg_write)
@@ -136,20 +162,10 @@ class TaskProcess:
 
     @staticmethod
     def _run_forked(job, out_write, msg_write):
-        """In the forked child: a session of its own, stdout/stderr to the log pipe, the
-        messages pipe as fd 3, nothing else inherited; then the task. Never returns."""
+        """In the forked child: set up as a task process, then the task. Never returns."""
         code = 1
         try:
-            os.setsid()
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_write, 1)
-            os.dup2(out_write, 2)
-            os.dup2(msg_write, 3)
-            close_inherited_fds(keep=3)
-            sys.stdin = open(0, closefd=False)
-            sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
-            sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
+            become_task_process(out_write, msg_write)
             CHILD["run_job"](dict(job, message_fd=3))
             sys.stdout.flush()
             sys.stderr.flush()
@@ -187,6 +203,168 @@ class TaskProcess:
                 kill_one(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+class Worker:
+    """A task process kept for further runs of one task module (its REUSE_PROCESS): forked
+    once, it then gets each run's job, and that run's output and messages pipes, over a unix
+    socket (remote_child.serve). Ending a run closes the pipes; the process waits for the
+    next. A run that is killed (timeout, fence) ends the worker with it."""
+
+    IDLE_SECONDS = 60.0  # an idle worker is let go after this
+
+    def __init__(self, key, runs, parent):
+        load_child()
+        mine, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                mine.close()
+                null = os.open(os.devnull, os.O_WRONLY)  # between runs
+                become_task_process(null, null, keep=theirs.fileno())
+                CHILD["serve"](socket.socket(fileno=4), parent, runs,
+                               idle=Worker.IDLE_SECONDS + 30)  # the runner lets go first
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.lock = threading.Lock()
+        self.key = key
+        self.sock = mine
+        self.runs_left = runs
+        self.idle_since = None
+        self.returncode = None
+
+    def poll(self):
+        return self.wait(os.WNOHANG)
+
+    def wait(self, flags=0):
+        """The exit code once the worker ended (else None with WNOHANG); threads may ask at
+        once (the run's pump, the master's kill)."""
+        with self.lock:
+            if self.returncode is None:
+                pid, status = os.waitpid(self.pid, flags)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def give(self, job, out_write, msg_write):
+        """Send a run to the worker: the job and its two pipes. False if it is gone."""
+        body = json.dumps(job).encode("utf-8")
+        try:
+            socket.send_fds(self.sock, [len(body).to_bytes(8, "big")], [out_write, msg_write])
+            self.sock.sendall(body)
+        except OSError:
+            return False
+        self.runs_left -= 1
+        return True
+
+    def retire(self):
+        """Let the worker go: it exits when its socket closes; reaped later."""
+        self.sock.close()
+        with WORKERS_LOCK:
+            RETIRED.append(self)
+
+
+WORKERS = {}  # (task, source digest) -> idle workers
+RETIRED = []  # let go, not reaped yet
+WORKERS_LOCK = threading.Lock()
+
+
+def take_worker(job):
+    """An idle worker for this task module, or a new one."""
+    key = (job["task"], hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
+    now = time.monotonic()
+    worker = None
+    with WORKERS_LOCK:
+        for pool_key, idle in list(WORKERS.items()):
+            for w in list(idle):
+                if now - w.idle_since > Worker.IDLE_SECONDS or w.poll() is not None:
+                    idle.remove(w)
+                    w.sock.close()
+                    RETIRED.append(w)
+            if not idle:
+                del WORKERS[pool_key]
+        RETIRED[:] = [w for w in RETIRED if w.poll() is None]
+        idle = WORKERS.get(key)
+        if idle:
+            worker = idle.pop()
+    return worker or Worker(key, job["reuse"], job["parent"])
+
+
+def keep_worker(worker):
+    worker.idle_since = time.monotonic()
+    with WORKERS_LOCK:
+        WORKERS.setdefault(worker.key, []).append(worker)
+
+
+class WorkerRun:
+    """One run of a task in a kept worker, with the interface of TaskProcess."""
+
+    def __init__(self, worker, job):
+        self.worker = worker
+        self.pid = worker.pid
+        self.killed = False
+        self.ended = False  # the run is over: a late kill must not hit the worker's next run
+        self.lock = threading.Lock()
+        out_read, out_write = os.pipe()
+        msg_read, msg_write = os.pipe()
+        given = worker.give(dict(job, message_fd=3), out_write, msg_write)
+        os.close(out_write)
+        os.close(msg_write)
+        self.output = out_read
+        self.messages = msg_read
+        if not given:
+            self.kill()
+
+    @property
+    def returncode(self):
+        return self.worker.returncode
+
+    def poll(self):
+        return self.worker.poll()
+
+    def wait(self):
+        """The worker's exit code if it ended with the run, else 0 (it waits for the next)."""
+        if self.killed:
+            return self.worker.wait()
+        code = self.worker.poll()
+        return 0 if code is None else code
+
+    def kill(self):
+        with self.lock:
+            if self.ended:
+                return
+            self.killed = True
+            if self.worker.poll() is None:
+                for kill_one in (os.killpg, os.kill):
+                    try:
+                        kill_one(self.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+    def done(self, outcome):
+        """After the run: keep the worker for the next one, or let it go."""
+        with self.lock:
+            self.ended = True
+        if self.killed or self.worker.poll() is not None:
+            self.worker.wait()
+            self.worker.sock.close()
+        elif outcome and self.worker.runs_left > 0:
+            keep_worker(self.worker)
+        else:
+            self.worker.retire()
+
+
+def start_process(job):
+    """The process for one run: a kept worker where the task module asks for reuse and the
+    host can fork and pass descriptors, else a process of its own."""
+    if job.get("reuse", 1) > 1 and hasattr(os, "fork") and hasattr(socket, "send_fds"):
+        return WorkerRun(take_worker(job), job)
+    return TaskProcess(job)
 
 
 class Killer:
@@ -293,13 +471,15 @@ def pump(process, relay, timeout):
 def run(channel, job):
     workdir = tempfile.mkdtemp(prefix="dirt-{}-".format(job["task"]))
     job = dict(job, workdir=workdir, parent=os.getpid())
-    process = TaskProcess(job)
+    process = start_process(job)
     killer = Killer(process)
     channel.setcallback(killer, endmarker=Killer.CLOSED)
     channel.send(("started", process.pid))
     relay = Relay(channel)
     timed_out = pump(process, relay, job["timeout"])
     returncode = process.wait()
+    if isinstance(process, WorkerRun):
+        process.done(relay.outcome)
     remove_workdir(workdir)
     final = ending(timed_out, relay.outcome, returncode, job["timeout"])
     keep_result(job, final)

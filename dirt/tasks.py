@@ -1,8 +1,8 @@
 """The registry of a project's task modules: one Python file per task in `tasks/`.
 
-The master reads each module's source (that is what ships to hosts) and its PLATFORMS and
-TIMEOUT, which are read as literals without running the module: a task may import what only
-its hosts have installed.
+The master reads each module's source (that is what ships to hosts) and its PLATFORMS,
+TIMEOUT and REUSE_PROCESS, which are read as literals without running the module: a task may
+import what only its hosts have installed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class TaskModule:
     platforms: tuple[str, ...] | None  # None: any platform
     timeout: float | None
     doc: str
+    reuse: int = 1  # REUSE_PROCESS: runs one task process may serve on a host
 
 
 def read_module(path: Path) -> TaskModule:
@@ -38,7 +39,8 @@ def read_module(path: Path) -> TaskModule:
             has_execute = True
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
-            if isinstance(target, ast.Name) and target.id in ("PLATFORMS", "TIMEOUT"):
+            if isinstance(target, ast.Name) and target.id in ("PLATFORMS", "TIMEOUT",
+                                                                "REUSE_PROCESS"):
                 try:
                     values[target.id] = ast.literal_eval(node.value)
                 except ValueError:
@@ -55,6 +57,9 @@ def read_module(path: Path) -> TaskModule:
     timeout = values.get("TIMEOUT")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise ConfigError(f"{path}: TIMEOUT must be a positive number of seconds")
+    reuse = values.get("REUSE_PROCESS", 1)
+    if type(reuse) is not int or reuse < 1:
+        raise ConfigError(f"{path}: REUSE_PROCESS must be a whole number of runs, at least 1")
     return TaskModule(
         name=path.stem,
         path=path,
@@ -62,6 +67,7 @@ def read_module(path: Path) -> TaskModule:
         platforms=platforms,  # type: ignore[arg-type]
         timeout=float(timeout) if timeout is not None else None,
         doc=(ast.get_docstring(tree) or "").strip().split("\n")[0],
+        reuse=reuse,
     )
 
 

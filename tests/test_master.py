@@ -220,6 +220,30 @@ def test_timeout_ends_the_task_process(farm, tmp_path):
     assert not alive(int(pid_file.read_text()))
 
 
+def test_reuse_process_runs_a_modules_tasks_in_kept_workers(farm):
+    farm.host()
+    farm.task("chunk", '''
+        import os
+        REUSE_PROCESS = 3
+
+
+        def execute(ctx):
+            print("chunk", ctx.args["n"])
+            if ctx.args["n"] == 4:
+                raise ValueError("bad chunk")
+            return {"success": True, "reason": str(os.getpid())}
+    ''')
+    farm.submit("r1", *[{"name": "chunk", "key": f"c{n}", "args": {"n": n}} for n in range(7)])
+    farm.drain(farm.master())
+    docs = [farm.doc(f"task:r1:chunk:linux:c{n}") for n in range(7)]
+    assert [d["state"] for d in docs] == ["success"] * 4 + ["error"] + ["success"] * 2
+    assert "ValueError: bad chunk" in docs[4]["reason"]
+    pids = [d["reason"] for d in docs if d["state"] == "success"]
+    assert len(set(pids)) == 3  # one slot: runs 0-2, 3-5 (4 failed in it), 6
+    for n, doc in enumerate(docs):
+        assert farm.couch.get_attachment(doc["_id"], "log.txt").decode().strip() == f"chunk {n}"
+
+
 # -- unschedulable ------------------------------------------------------------------------------
 
 

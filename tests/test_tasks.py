@@ -50,6 +50,12 @@ def test_defaults_any_platform_no_timeout(tmp_path):
     assert module.doc == ""
 
 
+def test_reuse_process_read_as_a_literal(tmp_path):
+    module = read_module(write(tmp_path, "t", "REUSE_PROCESS = 50\ndef execute(ctx): pass\n"))
+    assert module.reuse == 50
+    assert read_module(write(tmp_path, "u", "def execute(ctx): pass\n")).reuse == 1
+
+
 def test_platforms_as_one_string(tmp_path):
     module = read_module(write(tmp_path, "t", "PLATFORMS = 'linux'\ndef execute(ctx): pass\n"))
     assert module.platforms == ("linux",)
@@ -74,6 +80,9 @@ def test_syntax_error_names_file_and_line(tmp_path):
         ("PLATFORMS = [1, 2]", "PLATFORMS must be a list of platform names"),
         ("TIMEOUT = -5", "TIMEOUT must be a positive number"),
         ("TIMEOUT = 'long'", "TIMEOUT must be a positive number"),
+        ("REUSE_PROCESS = 0", "REUSE_PROCESS must be a whole number of runs, at least 1"),
+        ("REUSE_PROCESS = 2.5", "REUSE_PROCESS must be a whole number"),
+        ("REUSE_PROCESS = True", "REUSE_PROCESS must be a whole number"),
     ],
 )
 def test_bad_constants(tmp_path, line, message):

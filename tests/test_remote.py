@@ -1,0 +1,168 @@
+"""remote.py and the runner on the host: tasks run in a process of their own, or, for a task
+module with REUSE_PROCESS, in a kept worker process. Real execnet popen gateways."""
+
+from __future__ import annotations
+
+import gc
+import queue
+import time
+
+import execnet
+import pytest
+
+from dirt.remote import Gateway, Job
+
+ENDINGS = ("result", "error", "timeout", "lost")
+
+PID_TASK = """
+import os, sys, time
+LOADED = time.time()  # a fresh module for every run, also in a kept worker
+COUNTER = []
+
+
+def execute(ctx):
+    COUNTER.append(1)
+    print("run", ctx.args["n"])
+    sys.stderr.write("stderr of run %s\\n" % ctx.args["n"])
+    if ctx.args.get("sleep"):
+        time.sleep(ctx.args["sleep"])
+    if ctx.args.get("exit"):
+        os._exit(ctx.args["exit"])
+    if ctx.args.get("raise"):
+        raise RuntimeError("asked to fail")
+    with open("scratch.txt", "w") as f:  # the run's own work directory
+        f.write("x")
+    return {"success": True, "reason": "", "pid": os.getpid(), "runs": len(COUNTER),
+            "cwd": os.getcwd()}
+"""
+
+
+@pytest.fixture
+def gateway():
+    group = execnet.Group()
+    gw = Gateway("local", "popen//id=local", group)
+    gw.open()
+    yield gw
+    gw.shutdown()
+    group.terminate(5)
+
+
+class Runs:
+    """Start jobs on a gateway and collect every message of each, by job number."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.events: queue.Queue = queue.Queue()
+        self.channels: dict[int, object] = {}
+        self.messages: dict[int, list[tuple]] = {}
+
+    def start(self, n: int, reuse: int, timeout: float | None = None, **args) -> None:
+        job = Job(task_id=f"task:r:pid:linux:{n}", task="pid", platform="linux",
+                  source=PID_TASK, record={"name": "r"}, args={"n": n, **args},
+                  timeout=timeout, attempt=1, reuse=reuse)
+        self.messages[n] = []
+        self.channels[n] = self.gateway.start(job, self.events, n)
+
+    def wait(self, n: int, timeout: float = 30.0) -> tuple:
+        """The run's last message (how it ended); its channel is let go, as the master
+        does."""
+        end = time.monotonic() + timeout
+        while not (self.messages[n] and self.messages[n][-1][0] in ENDINGS):
+            key, message = self.events.get(timeout=max(end - time.monotonic(), 0.01))
+            self.messages[key].append(message)
+        self.channels.pop(n, None)
+        return self.messages[n][-1]
+
+    def log(self, n: int) -> str:
+        return "\n".join(m[1] for m in self.messages[n] if m[0] == "log")
+
+    def run(self, n: int, reuse: int, **args) -> tuple:
+        self.start(n, reuse, **args)
+        return self.wait(n)
+
+
+def test_a_fresh_process_for_every_run_by_default(gateway):
+    runs = Runs(gateway)
+    results = [runs.run(n, reuse=1)[1] for n in range(3)]
+    assert len({r["pid"] for r in results}) == 3
+    assert all(r["runs"] == 1 for r in results)
+
+
+def test_a_kept_worker_serves_reuse_runs_then_a_new_one(gateway):
+    runs = Runs(gateway)
+    results = [runs.run(n, reuse=3) for n in range(5)]
+    assert [r[0] for r in results] == ["result"] * 5
+    pids = [r[1]["pid"] for r in results]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4]
+    # each run gets a fresh module, its own work directory, and only its own output
+    assert all(r[1]["runs"] == 1 for r in results)
+    assert len({r[1]["cwd"] for r in results}) == 5
+    for n in range(5):
+        assert f"run {n}" in runs.log(n) and f"stderr of run {n}" in runs.log(n)
+        assert all(f"run {m}" not in runs.log(n) for m in range(5) if m != n)
+
+
+def test_a_task_error_keeps_the_worker(gateway):
+    runs = Runs(gateway)
+    first = runs.run(0, reuse=5)
+    failed = runs.run(1, reuse=5, **{"raise": True})
+    after = runs.run(2, reuse=5)
+    assert failed[0] == "error" and "asked to fail" in failed[1]
+    assert first[1]["pid"] == after[1]["pid"]
+
+
+def test_a_timeout_ends_the_worker_and_the_next_run_gets_a_new_one(gateway):
+    runs = Runs(gateway)
+    first = runs.run(0, reuse=5)
+    timed_out = runs.run(1, reuse=5, timeout=0.5, sleep=30)
+    after = runs.run(2, reuse=5)
+    assert timed_out[0] == "timeout"
+    assert after[0] == "result" and after[1]["pid"] != first[1]["pid"]
+
+
+def test_a_task_that_exits_its_worker_is_an_error_and_the_next_run_gets_a_new_one(gateway):
+    runs = Runs(gateway)
+    first = runs.run(0, reuse=5)
+    exited = runs.run(1, reuse=5, exit=3)
+    after = runs.run(2, reuse=5)
+    assert exited == ("error", "task process exited with code 3 without a result")
+    assert after[0] == "result" and after[1]["pid"] != first[1]["pid"]
+
+
+def test_the_masters_kill_ends_the_run_and_its_worker(gateway):
+    runs = Runs(gateway)
+    first = runs.run(0, reuse=5)
+    runs.start(1, reuse=5, sleep=30)
+    end = time.monotonic() + 10
+    while not runs.log(1) and time.monotonic() < end:  # it runs: its first line came
+        key, message = runs.events.get(timeout=10)
+        runs.messages[key].append(message)
+    runs.channels[1].send("kill")
+    killed = runs.wait(1)
+    after = runs.run(2, reuse=5)
+    assert killed[0] == "lost" and "SIGKILL" in killed[1]
+    assert after[0] == "result" and after[1]["pid"] != first[1]["pid"]
+
+
+def test_a_channel_closing_after_its_run_ended_spares_the_workers_next_run(gateway):
+    # a run's channel closing (the master let it go) ends the run's process; once the run
+    # is over, that must not touch the worker's next run
+    runs = Runs(gateway)
+    runs.start(0, reuse=5)
+    channel = runs.channels[0]
+    first = runs.wait(0)
+    runs.start(1, reuse=5, sleep=1)
+    channel.close()
+    del channel
+    gc.collect()
+    second = runs.wait(1)
+    assert second[0] == "result" and second[1]["pid"] == first[1]["pid"]
+
+
+def test_concurrent_runs_get_workers_of_their_own(gateway):
+    runs = Runs(gateway)
+    for n in range(4):
+        runs.start(n, reuse=10, sleep=0.5)
+    results = [runs.wait(n) for n in range(4)]
+    assert [r[0] for r in results] == ["result"] * 4
+    assert len({r[1]["pid"] for r in results}) == 4
