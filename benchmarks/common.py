@@ -64,6 +64,10 @@ def execute(ctx):
 '''
 
 
+# The same task with its runs served by kept worker processes (REUSE_PROCESS, docs/tasks.md).
+BENCH_REUSE_TASK = BENCH_TASK.replace("import time\n", "import time\n\nREUSE_PROCESS = 1000\n", 1)
+
+
 class Fatal(Exception):
     """Something the scenario waits for can never happen (a server exited): stop waiting."""
 
@@ -272,6 +276,7 @@ class Farm:
         self.database = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         self.settings = scaffold.create(self.dir, self.database, couch_url, environ={})
         (self.settings.tasks_dir / "bench.py").write_text(BENCH_TASK)
+        (self.settings.tasks_dir / "bench_reuse.py").write_text(BENCH_REUSE_TASK)
         configure(self.dir, **master)
         self.couch = Couch(couch_url, self.database)
         self.registry = Registry(self.settings.tasks_dir)
@@ -296,8 +301,9 @@ class Farm:
         docs = self.couch.docs_by_prefix("host:")
         return len(docs) == len(self.host_names) and all(d.get("alive") is True for d in docs)
 
-    def tasks(self, count: int, prefix: str = "t", **args: Any) -> list[dict[str, Any]]:
-        return [{"name": "bench", "platform": "linux", "key": f"{prefix}{i}",
+    def tasks(self, count: int, prefix: str = "t", task: str = "bench",
+              **args: Any) -> list[dict[str, Any]]:
+        return [{"name": task, "platform": "linux", "key": f"{prefix}{i}",
                  "args": {"id": f"{prefix}{i}", "file": str(self.runs_file), **args}}
                 for i in range(count)]
 

@@ -24,6 +24,8 @@ def run(ctx: Context) -> dict:
     samples = ctx.size(200, 30)
     deadline = Deadline(ctx.size(420, 120), NAME)
     figures = sample(ctx, "latency", samples, deadline, local=4)
+    figures["reuse"] = sample(ctx, "latency-reuse", samples, deadline, local=4,
+                              task="bench_reuse")
     try:  # the same over 4 private sshds on 127.0.0.2-5 (tests/sshd.py)
         servers = [SshHost(ctx.procs, ctx.workdir / f"sshd-{i}", f"127.0.0.{i + 2}")
                    for i in range(4)]
@@ -39,25 +41,26 @@ def run(ctx: Context) -> dict:
 
 
 def sample(ctx: Context, name: str, samples: int, deadline: Deadline, local: int,
-           ssh: list[SshHost] | None = None) -> dict:
+           ssh: list[SshHost] | None = None, task: str = "bench") -> dict:
     farm = Farm(ctx.procs, ctx.workdir, ctx.server.url, name, hosts=local, slots=2, ssh=ssh)
     master = farm.start_master()
     try:
         wait_for(farm.hosts_alive, deadline, "4 hosts alive")
         watcher = FinalWatcher(farm.couch)
-        figures = measure(farm, watcher, samples, deadline)
+        figures = measure(farm, watcher, samples, deadline, task)
         watcher.close()
     finally:
         ctx.procs.stop(master)
     return figures
 
 
-def measure(farm: Farm, watcher: FinalWatcher, samples: int, deadline: Deadline) -> dict:
+def measure(farm: Farm, watcher: FinalWatcher, samples: int, deadline: Deadline,
+            task_name: str) -> dict:
     submit, start, result = [], [], []
     prefix = uuid.uuid4().hex[:4]
     for i in range(samples + 3):  # the first three warm up the caches and are dropped
         record = f"lat-{prefix}-{i}"
-        task = farm.tasks(1, prefix=f"{record}-")
+        task = farm.tasks(1, prefix=f"{record}-", task=task_name)
         t0 = time.time()
         (task_id,) = farm.submit(record, task)
         t1 = time.time()

@@ -54,6 +54,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         if p:
             out.append((f"dirt latency, {label} (p50 / p95 / p99)",
                         f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
+    reuse = lat.get("reuse") or {}
+    for key, label in (("to_start_ms", "submit -> started"), ("to_result_ms", "submit -> result")):
+        p = reuse.get(key) or {}
+        if p:
+            out.append((f"dirt latency, task with REUSE_PROCESS (kept worker), {label} "
+                         "(p50 / p95 / p99)", f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
     ssh = lat.get("ssh") or {}
     if ssh.get("error"):
         out.append(("dirt latency over sshd hosts", "could not run: " + ssh["error"], ""))
@@ -63,11 +69,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((f"dirt latency over 4 sshd hosts on 127.0.0.x, {label} "
                         "(p50 / p95 / p99)", f"{p['p50']} / {p['p95']} / {p['p99']} ms", ""))
     tp = get(results, "throughput", "tasks_per_s")
-    if tp is not None:
-        out.append(("dirt throughput, 2,000 tasks, 8 hosts x 2 slots", fmt(tp, " tasks/s"), "1"))
-        cpu = get(results, "throughput", "cpu_ms_per_task") or {}
+    tp_reuse = get(results, "throughput", "reuse", "tasks_per_s")
+    for figures, label in ((get(results, "throughput"), "a process per task (default)"),
+                           (get(results, "throughput", "reuse"), "REUSE_PROCESS (kept workers)")):
+        if not figures or figures.get("tasks_per_s") is None:
+            continue
+        out.append((f"dirt throughput, 2,000 tasks, 8 hosts x 2 slots, {label}",
+                    fmt(figures["tasks_per_s"], " tasks/s"), ""))
+        cpu = figures.get("cpu_ms_per_task") or {}
         if cpu:
-            out.append(("dirt CPU per task: master / hosts (gateway + task process) / database",
+            out.append((f"dirt CPU per task, {label}: master / hosts (gateway + task "
+                        "processes) / database",
                         f"{cpu['master']} / {cpu['hosts']} / {cpu['database']} ms", ""))
     for key, label in (
         ("execnet_calls_per_s", "limit: bare execnet, same calls, 8 gateways x 2"),
@@ -79,7 +91,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     ):
         value = get(results, "limits", key)
         if value is not None:
-            out.append((label, fmt(value, " /s"), ratio(tp, value)))
+            out.append((label, fmt(value, " /s"),
+                        f"{ratio(tp, value)} / {ratio(tp_reuse, value)}"))
     for peer in ("rq", "buildbot"):
         figures = get(results, "peers", peer) or {}
         if figures.get("error"):
@@ -90,18 +103,21 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             note = figures.get("tasks") if figures.get("tasks") != figures.get("planned") else ""
             label = f"peer {peer}: throughput" + (f" ({note} of {figures.get('planned')} "
                                                     "within its time limit)" if note else "")
-            out.append((label, fmt(value, " tasks/s"), ratio(tp, value)))
+            out.append((label, fmt(value, " tasks/s"),
+                        f"{ratio(tp, value)} / {ratio(tp_reuse, value)}"))
         for key, label in (("to_start_ms", "to start"), ("to_result_ms", "to result")):
             p = figures.get(key) or {}
             mine = (lat.get(key) or {}).get("p50")
+            mine_reuse = (reuse.get(key) or {}).get("p50")
             if p:
                 out.append((f"peer {peer}: latency {label} (p50 / p95 / p99)",
-                            f"{p['p50']} / {p['p95']} / {p['p99']} ms", ratio(mine, p["p50"])))
+                            f"{p['p50']} / {p['p95']} / {p['p99']} ms",
+                            f"{ratio(mine, p['p50'])} / {ratio(mine_reuse, p['p50'])}"))
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| what | figure | dirt / this |", "|---|---|---|"]
+    lines = ["| what | figure | dirt / this (default / REUSE_PROCESS) |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(results)]
     lines += scale_table(results) + soak_lines(results)
     return "\n".join(lines)

@@ -29,14 +29,19 @@ TITLE = "2,000 trivial tasks over 8 local hosts x 2 slots, end to end"
 
 def run(ctx: Context) -> dict:
     count = ctx.size(2000, 300)
-    out: dict = {"figures": measure(ctx, count, "throughput", profiled=False)[0]}
+    figures = measure(ctx, count, "throughput", profiled=False)[0]
+    # the same with the task's runs served by kept worker processes (REUSE_PROCESS)
+    figures["reuse"] = measure(ctx, count, "throughput-reuse", profiled=False,
+                               task="bench_reuse")[0]
+    out: dict = {"figures": figures}
     if ctx.profile:  # a second pass under py-spy, so the profiler does not slow the first
-        figures, out["profile"] = measure(ctx, count, "throughput-profiled", profiled=True)
-        out["profiled_pass_tasks_per_s"] = figures["tasks_per_s"]
+        profiled, out["profile"] = measure(ctx, count, "throughput-profiled", profiled=True)
+        out["profiled_pass_tasks_per_s"] = profiled["tasks_per_s"]
     return out
 
 
-def measure(ctx: Context, count: int, name: str, profiled: bool) -> tuple[dict, dict | None]:
+def measure(ctx: Context, count: int, name: str, profiled: bool,
+            task: str = "bench") -> tuple[dict, dict | None]:
     deadline = Deadline(ctx.size(600, 180), NAME)
     farm = Farm(ctx.procs, ctx.workdir, ctx.server.url, name, hosts=8, slots=2)
     master = farm.start_master()
@@ -50,7 +55,7 @@ def measure(ctx: Context, count: int, name: str, profiled: bool) -> tuple[dict, 
         cpu = {"master": cpu_seconds(master.pid), "master_tree": tree_cpu_seconds(master.pid),
                "database": cpu_seconds(ctx.server.pid)}
         t0 = time.time()
-        ids = farm.submit("throughput", farm.tasks(count))
+        ids = farm.submit("throughput", farm.tasks(count, task=task))
         submitted = time.time()
         final = watcher.wait_final(ids, deadline)
         cpu = {"master": cpu_seconds(master.pid) - cpu["master"],
