@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
 
 import pytest
 from conftest import CouchServer, free_port
+from httpd import Recorder
 
-from dirt.couch import Couch, inline_attachment, safe_url
+from dirt.couch import Couch, _lines, inline_attachment, safe_url
 from dirt.errors import Conflict, DatabaseUnavailable, Forbidden, NotFound
 
 
@@ -174,6 +176,12 @@ def test_follow_raises_when_the_server_goes_away(tmp_path):
     assert f"CouchDB at {server.url}: changes feed broke" in str(errors[0])
 
 
+def test_feed_lines_are_cut_where_they_end_not_where_chunks_do():
+    chunks = [b'{"a":', b' 1}\n\n{"b": 2}\n{"c"', b': 3}\n', b"\n", b'{"d": 4}']
+    assert list(_lines(iter(chunks))) == [
+        b'{"a": 1}', b"", b'{"b": 2}', b'{"c": 3}', b"", b'{"d": 4}']
+
+
 def test_local_documents(couch):
     assert couch.get_local("checkpoint") is None
     couch.put_local("checkpoint", {"seq": "1-abc"})
@@ -196,9 +204,26 @@ def test_closed_port_names_the_url_without_credentials():
     assert "s3cret" not in repr(db)
 
 
+def test_credentials_are_sent_as_basic_auth_only():
+    recorder = Recorder(lambda request: (201, [{"id": "record:a", "rev": "1-x"}]))
+    try:
+        host = recorder.url.removeprefix("http://")
+        Couch(f"http://ad%40min:s3c:ret@{host}", "dirt").bulk_docs([record("a")])
+    finally:
+        recorder.close()
+    (request,) = recorder.requests
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert request.path == "/dirt/_bulk_docs"
+    assert headers["authorization"] == f"Basic {base64.b64encode(b'ad@min:s3c:ret').decode()}"
+    assert headers["accept"] == "application/json"
+    assert headers["content-type"] == "application/json"
+    assert request.json()["docs"][0]["_id"] == "record:a"
+
+
 def test_safe_url():
     assert safe_url("http://u:p@h:5984/db") == "http://h:5984/db"
     assert safe_url("https://h/db") == "https://h/db"
+    assert safe_url("http://u:p@[::1]:5984") == "http://[::1]:5984"
 
 
 def test_create_exists_drop(couch_server):
