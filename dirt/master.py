@@ -838,7 +838,7 @@ class Master:
         except DatabaseUnavailable as exc:
             self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}", exc)
             return []
-        self.last_write = time.monotonic()
+        self.last_write = clock  # from its start: a slow write is not followed by a wait
         self.write_backoff = 0.0
         for doc, answer in zip(docs, answers, strict=False):
             self.written(doc, answer)

@@ -169,6 +169,7 @@ class TaskProcess:
             CHILD["run_job"](dict(job, message_fd=3))
             sys.stdout.flush()
             sys.stderr.flush()
+            os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
             code = 0
         except BaseException:  # dirt's own fault before the task ran: into the task's log
             traceback.print_exc()
@@ -329,31 +330,35 @@ class WorkerRun:
 
     def wait(self):
         """The worker's exit code if it ended with the run, else 0 (it waits for the next)."""
-        if self.killed:
-            return self.worker.wait()
         code = self.worker.poll()
         return 0 if code is None else code
 
     def kill(self):
         with self.lock:
-            if self.ended:
-                return
-            self.killed = True
-            if self.worker.poll() is None:
-                for kill_one in (os.killpg, os.kill):
-                    try:
-                        kill_one(self.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+            if not self.ended:
+                self.killed = True
+                self._signal()
+
+    def _signal(self):
+        if self.worker.poll() is None:
+            for kill_one in (os.killpg, os.kill):
+                try:
+                    kill_one(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def done(self, outcome):
-        """After the run: keep the worker for the next one, or let it go."""
+        """The run's pipes closed: keep the worker for the next run, or let it go. A run that
+        did not say how it ended took its worker with it (or the worker is lost): it is ended
+        and reaped, so that wait() tells its exit code."""
         with self.lock:
             self.ended = True
-        if self.killed or self.worker.poll() is not None:
+            if outcome is None:
+                self._signal()
+        if self.killed or outcome is None or self.worker.poll() is not None:
             self.worker.wait()
             self.worker.sock.close()
-        elif outcome and self.worker.runs_left > 0:
+        elif self.worker.runs_left > 0:
             keep_worker(self.worker)
         else:
             self.worker.retire()
@@ -477,11 +482,19 @@ def run(channel, job):
     channel.send(("started", process.pid))
     relay = Relay(channel)
     timed_out = pump(process, relay, job["timeout"])
-    returncode = process.wait()
-    if isinstance(process, WorkerRun):
+    if isinstance(process, WorkerRun):  # back to the pool before the master hears of it
         process.done(relay.outcome)
+    told = relay.outcome is not None and not timed_out
+    if told:  # the task said how it ended and its pipes closed: no need to wait for its exit
+        finish(channel, job, relay.outcome)
+    returncode = process.wait()
     remove_workdir(workdir)
-    final = ending(timed_out, relay.outcome, returncode, job["timeout"])
+    if not told:
+        finish(channel, job, ending(timed_out, relay.outcome, returncode, job["timeout"]))
+
+
+def finish(channel, job, final):
+    """The attempt's last message, kept on the host first (see keep_result)."""
     keep_result(job, final)
     channel.send(final)
 
