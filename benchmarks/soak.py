@@ -5,9 +5,10 @@ time while a chaos loop
   own 'start' line, checked to be a descendant of the master this harness started),
 - restarts the database server every 30 s (first at 20 s; down 2 s, same port and data),
 - kills the master with SIGKILL every 35 s (first at 30 s) and starts a new one a second
-  later (quick mode: every 12 s and 16 s, first at 4 s and 8 s),
+  later (quick mode: every 12 s and 16 s, first at 4 s and 8 s).
 
-then lets the farm drain and counts: tasks lost (not ended `success`), tasks that ran to
+Half of the tasks are the bench task with REUSE_PROCESS, so kept worker processes are killed
+too. Then it lets the farm drain and counts: tasks lost (not ended `success`), tasks that ran to
 their end twice (from the runs file), and tasks not in a final state. All should be 0.
 
 Settings for the farm: lease 5 s, health checks every 2 s, max_attempts 10 (so that a task
@@ -64,9 +65,12 @@ def run(ctx: Context) -> dict:
                   first_db=ctx.size(20, 4), first_master=ctx.size(30, 8))
     chaos.ssh = ssh
     try:
+        # half of them with REUSE_PROCESS: the chaos then also kills kept worker processes
         ids = farm.submit("soak", [
             {**t, "args": {**t["args"], "seconds": round(0.05 * (i % 5), 2)}}
-            for i, t in enumerate(farm.tasks(tasks))])
+            for i, t in enumerate(farm.tasks(tasks // 2)
+                                  + farm.tasks(tasks - tasks // 2, prefix="u",
+                                               task="bench_reuse"))])
         watcher = FinalWatcher(farm.couch)
         t0 = time.time()
         chaos.start_master()
@@ -244,6 +248,8 @@ def check(farm: Farm, ids: list[str], chaos: Chaos, t0: float, chaos_stopped: fl
         "examples": {
             "lost": [explain(docs.get(i), runs.get(run_id[i])) for i in lost[:3]],
             "ran_twice": [explain(docs.get(i), runs.get(run_id[i])) for i in twice[:5]],
+            "success_without_a_run": [explain(docs.get(i), runs.get(run_id[i]))
+                                      for i in no_run[:5]],
         },
     }
 
@@ -285,6 +291,7 @@ def explain(doc: dict[str, Any] | None, run: dict[str, Any] | None) -> dict[str,
     if doc is None:
         return {"doc": None}
     return {"id": doc["_id"], "state": doc["state"], "reason": doc.get("reason"),
-            "attempts": [[a.get("started"), a.get("ended"), a.get("outcome"),
-                          (a.get("reason") or "")[:100]] for a in doc.get("attempts", [])],
+            "attempts": [[a.get("host"), a.get("started"), a.get("ended"), a.get("outcome"),
+                          (a.get("reason") or "")[:100], a.get("note")]
+                         for a in doc.get("attempts", [])],
             "runs": run}

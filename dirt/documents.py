@@ -171,6 +171,14 @@ def set_state(task: dict[str, Any], state: State, reason: str = "", at: str | No
     task.setdefault("history", []).append({"state": state.value, "at": at, "reason": reason})
 
 
+def attempt_id(task: dict[str, Any]) -> str:
+    """What names the task's last attempt everywhere, also across databases and re-created
+    records: its number, the master that claimed it and when (hosts keep outcomes by it)."""
+    attempts = task.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    return f"{task['_id']}:{len(attempts)}:{last.get('master')}:{last.get('started')}"
+
+
 def reset_task(task: dict[str, Any]) -> None:
     """Make a task pending again for a re-run, keeping its earlier attempts."""
     for key in ("host", "lease_until", "started", "ended", "duration", "result"):

@@ -34,6 +34,7 @@ from dirt.diagnose import check_ssh, explain
 from dirt.documents import (
     ACTIVE,
     State,
+    attempt_id,
     host_slots,
     now_iso,
     outcome_of,
@@ -509,13 +510,14 @@ class Master:
             self.end_attempt(doc, "lost", lost)
             return
         self.recovering.add(doc["_id"])
-        threading.Thread(target=self._collect, args=(state.gateway, doc["_id"], len(attempts)),
+        threading.Thread(target=self._collect,
+                         args=(state.gateway, doc["_id"], len(attempts), attempt_id(doc)),
                          daemon=True).start()
 
-    def _collect(self, gateway: Gateway, task_id: str, attempt: int) -> None:
+    def _collect(self, gateway: Gateway, task_id: str, attempt: int, key: str) -> None:
         """Thread: ask the host how the attempt ended."""
         try:
-            kept = gateway.collect(task_id, attempt)
+            kept = gateway.collect(key)
         except HostUnreachable:
             kept = None
         self.events.put(("recovered", task_id, attempt, kept))
@@ -690,6 +692,7 @@ class Master:
                 timeout=run.timeout,
                 attempt=run.attempt,
                 reuse=module.reuse,
+                attempt_id=attempt_id(doc),
             )
             try:
                 if gateway is None:

@@ -39,7 +39,7 @@ channel.send("installed")
 """
 RUN_TASK = "import sys\nsys.modules['dirt_remote_runner'].run(channel, channel.receive())\n"
 COLLECT = ("import sys\n"
-           "channel.send(sys.modules['dirt_remote_runner'].collect(*channel.receive()))\n")
+           "channel.send(sys.modules['dirt_remote_runner'].collect(channel.receive()))\n")
 
 FACTS_SOURCE = """
 import os, platform, socket, sys
@@ -97,6 +97,7 @@ class Job:
     timeout: float | None
     attempt: int = 1
     reuse: int = 1  # runs one task process may serve (the module's REUSE_PROCESS)
+    attempt_id: str = ""  # documents.attempt_id: the host keeps the outcome by it
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -109,6 +110,7 @@ class Job:
             "timeout": self.timeout,
             "attempt": self.attempt,
             "reuse": self.reuse,
+            "attempt_id": self.attempt_id or f"{self.task_id}:{self.attempt}",
         }
 
 
@@ -189,12 +191,13 @@ class Gateway:
             raise HostUnreachable(f"host {self.name}: cannot start task: {describe(exc)}") from None
         return channel
 
-    def collect(self, task_id: str, attempt: int, timeout: float = 15.0) -> tuple | None:
-        """How an attempt of a task ended on this host, if it ended (see remote_runner)."""
+    def collect(self, attempt_id: str, timeout: float = 15.0) -> tuple | None:
+        """How an attempt (documents.attempt_id) ended on this host, if it ended here (see
+        remote_runner)."""
         self.open()
         try:
             channel = self.gateway.remote_exec(COLLECT)
-            channel.send((task_id, attempt))
+            channel.send(attempt_id)
             kept = channel.receive(timeout=timeout)
         except Exception as exc:
             raise HostUnreachable(f"host {self.name}: does not answer: {describe(exc)}") from None

@@ -34,8 +34,8 @@ RESULTS = os.path.join(tempfile.gettempdir(), "dirt-results-{}".format(
     os.getuid() if hasattr(os, "getuid") else "user"))
 
 
-def result_path(task_id, attempt):
-    name = hashlib.sha256(f"{task_id}:{attempt}".encode()).hexdigest()
+def result_path(attempt_id):
+    name = hashlib.sha256(attempt_id.encode("utf-8")).hexdigest()
     return os.path.join(RESULTS, name + ".json")
 
 
@@ -43,7 +43,7 @@ def keep_result(job, message):
     """Keep how an attempt ended on the host, so that a master taking over from one that
     died after the task ended (before it wrote the result) records it instead of running the
     task again."""
-    path = result_path(job["task_id"], job["attempt"])
+    path = result_path(job["attempt_id"])
     try:
         data = json.dumps(list(message)).encode("utf-8")
         try:
@@ -60,10 +60,11 @@ def keep_result(job, message):
         pass  # the master is told anyway: only the take-over case needs the file
 
 
-def collect(task_id, attempt):
-    """How attempt `attempt` of `task_id` ended on this host, or None if it never ended."""
+def collect(attempt_id):
+    """How attempt `attempt_id` (documents.attempt_id) ended on this host, or None if it
+    never ended here."""
     try:
-        with open(result_path(task_id, attempt)) as kept:
+        with open(result_path(attempt_id)) as kept:
             return json.load(kept)
     except (OSError, ValueError):
         return None

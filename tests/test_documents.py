@@ -163,3 +163,13 @@ def test_outcome_of_each_way_an_attempt_ends():
     assert (state, reason) == (State.ERROR, "KeyError: 'x'")
     assert result["traceback"].startswith("Traceback")
     assert outcome_of("timeout", 5)[:2] == (State.ERROR, "timeout after 5 s")
+
+
+def test_attempt_id_names_the_claim_not_only_the_number():
+    record = documents.new_record("r1")
+    task = documents.new_task(record, "build", "linux", 0)
+    task["attempts"] = [{"host": "h", "master": "m1", "started": "2026-01-01T00:00:00.000Z"}]
+    first = documents.attempt_id(task)
+    assert first.startswith("task:r1:build:linux:1:")
+    again = dict(task, attempts=[dict(task["attempts"][0], master="m2")])
+    assert documents.attempt_id(again) != first

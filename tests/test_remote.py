@@ -166,3 +166,18 @@ def test_concurrent_runs_get_workers_of_their_own(gateway):
     results = [runs.wait(n) for n in range(4)]
     assert [r[0] for r in results] == ["result"] * 4
     assert len({r[1]["pid"] for r in results}) == 4
+
+
+def test_an_outcome_is_kept_by_its_attempt_id_only(gateway):
+    # a master taking over asks the host how an attempt ended; an attempt with the same task
+    # id and number from another claim (a re-created record, another database) is not it
+    runs = Runs(gateway)
+    job = Job(task_id="task:r:pid:linux:k", task="pid", platform="linux", source=PID_TASK,
+              record={"name": "r"}, args={"n": 0}, timeout=None, attempt=1, reuse=1,
+              attempt_id=f"task:r:pid:linux:k:1:master-a:{time.time()}")
+    runs.messages[0] = []
+    runs.channels[0] = gateway.start(job, runs.events, 0)
+    ended = runs.wait(0)
+    assert ended[0] == "result"
+    assert gateway.collect(job.attempt_id) == ended
+    assert gateway.collect(job.attempt_id.replace("master-a", "master-b")) is None
