@@ -49,6 +49,7 @@ from dirt.settings import Settings
 from dirt.tasks import Registry
 
 log = logging.getLogger("dirt.master")
+PENDING, RUNNING = State.PENDING.value, State.RUNNING.value  # compared on every pass
 
 ENDINGS = ("result", "error", "timeout", "lost")
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
@@ -141,6 +142,7 @@ class Master:
         self.next_write = 0.0
         self.last_write = 0.0
         self.deferred = False  # a write waits for batch_seconds to pass
+        self.last_lease_check = float("-inf")
         self.seq: str | int = 0
         self.checkpointed: str | int | None = None
         self.next_checkpoint = 0.0
@@ -207,9 +209,10 @@ class Master:
         now = time.time() if now is None else now
         self.check_hosts(now)
         self.expire_leases(now)
-        self.mark_unschedulable()
+        pending = self.pending()
+        self.mark_unschedulable(pending)
         self.renew_runs(now)
-        self.dispatch(self.write(now), now)
+        self.dispatch(self.write(now, pending), now)
         self.save_checkpoint(now)
         self.tell("loop_done", self)
 
@@ -482,9 +485,13 @@ class Master:
 
     def expire_leases(self, now: float) -> None:
         """Running tasks nobody renews (a master died) are lost attempts; ours past their
-        deadline (the host hangs) are ended."""
+        deadline (the host hangs) are ended. Looked at twice a second, not every pass: a
+        lease is seconds long, and the walk is over every active task."""
+        if self.last_lease_check <= now < self.last_lease_check + 0.5:
+            return
+        self.last_lease_check = now
         for task_id, doc in list(self.tasks.items()):
-            if doc["state"] != State.RUNNING.value or task_id in self.runs:
+            if doc["state"] != RUNNING or task_id in self.runs:
                 continue
             if not self.in_scope(doc) or task_id in self.stale:
                 continue
@@ -585,7 +592,7 @@ class Master:
         """The pending tasks this master may claim now (known rev, nothing left to write)."""
         tasks = []
         for task_id, doc in self.tasks.items():
-            if doc["state"] != State.PENDING.value or task_id in self.stale \
+            if doc["state"] != PENDING or task_id in self.stale \
                     or task_id in self.dirty or not self.in_scope(doc):
                 continue
             cached = self.pending_views.get(task_id)
@@ -598,7 +605,7 @@ class Master:
             self.pending_views = {k: v for k, v in self.pending_views.items() if k in live}
         return tasks
 
-    def mark_unschedulable(self) -> None:
+    def mark_unschedulable(self, pending: list[PendingTask]) -> None:
         """Pending tasks that no host can ever run end `unschedulable`, with the reason.
 
         A task found schedulable is not looked at again until the hosts or the registered
@@ -610,7 +617,7 @@ class Master:
         if farm != self.farm_seen:
             self.farm_seen = farm
             self.schedulable.clear()
-        for task in self.pending():
+        for task in pending:
             if task.id in self.schedulable:
                 continue
             try:
@@ -626,12 +633,13 @@ class Master:
                 log.info("task %s: unschedulable: %s", task.id, reason, extra={"task": task.id})
                 self.dirty.add(task.id)
 
-    def claims(self, now: float) -> list[dict[str, Any]]:
+    def claims(self, now: float, pending: list[PendingTask]) -> list[dict[str, Any]]:
         """Task documents that claim pending tasks for free slots, to be written with the
         `_rev` read (see claimed())."""
         if self.stop_requested.is_set():
             return []
-        pairs = assign(self.pending(), self.host_views(managed_only=True))
+        pending = [t for t in pending if t.id not in self.dirty]  # unschedulable meanwhile
+        pairs = assign(pending, self.host_views(managed_only=True))
         if not pairs:
             return []
         at = now_iso(now)
@@ -817,9 +825,9 @@ class Master:
                 run.last_write = now
                 self.dirty.add(run.task_id)
 
-    def write(self, now: float, claim: bool = True) -> list[dict[str, Any]]:
-        """One _bulk_docs per pass: results, lease renewals, host changes and new claims.
-        Returns the claims won, to dispatch.
+    def write(self, now: float, pending: list[PendingTask] | None) -> list[dict[str, Any]]:
+        """One _bulk_docs per pass: results, lease renewals, host changes and new claims of
+        `pending` tasks (None: no claims). Returns the claims won, to dispatch.
 
         While tasks run, a write waits until `batch_seconds` after the previous one, so that
         many results and claims share one request (the database's cost is mostly per
@@ -833,7 +841,7 @@ class Master:
             return []
         docs = [self.tasks[i] for i in sorted(self.dirty) if i in self.tasks]
         host_docs = [self.hosts[n].doc for n in sorted(self.dirty_hosts) if n in self.hosts]
-        claims = self.claims(now) if claim else []
+        claims = self.claims(now, pending) if pending else []
         if not docs and not host_docs and not claims:
             return []
         try:
@@ -944,7 +952,7 @@ class Master:
         end = time.monotonic() + deadline
         while (self.dirty or self.dirty_hosts) and time.monotonic() < end:
             self.next_write = self.last_write = 0.0
-            self.write(time.time(), claim=False)
+            self.write(time.time(), None)
             if self.dirty or self.dirty_hosts:
                 time.sleep(0.5)
 

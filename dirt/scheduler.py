@@ -95,10 +95,12 @@ class PendingTask:
     platform: str
     requires: tuple[str, ...] = ()
     avoid: tuple[str, ...] = ()  # hosts where an attempt was lost: others are preferred
+    sort_key: tuple[str, str, int, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def sort_key(self) -> tuple[str, str, int, str]:
-        return (self.record_created, self.record, self.order, self.id)
+    def __post_init__(self) -> None:
+        # fair order: oldest record first, then task order; computed once, sorted every pass
+        object.__setattr__(self, "sort_key",
+                           (self.record_created, self.record, self.order, self.id))
 
 
 @dataclass
@@ -143,7 +145,7 @@ def assign(pending: Iterable[PendingTask], hosts: Iterable[HostView]) -> list[tu
     assignments: list[tuple[str, str]] = []
     if not candidates:
         return assignments
-    for task in sorted(pending, key=lambda t: t.sort_key):
+    for task in sorted(pending, key=operator.attrgetter("sort_key")):
         fitting = [h for h in candidates if free[h.name] > 0 and h.fits(task)]
         if not fitting:
             continue
