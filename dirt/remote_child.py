@@ -75,6 +75,21 @@ def watch_parent(parent):
         time.sleep(0.2)
 
 
+CODE = {}  # (task, source) -> compiled module code: filled in the gateway, forks inherit it
+
+
+def compiled(job):
+    """The task module's code, compiled once per source (a kept worker's later runs, and
+    forks of a gateway that compiled it before forking, find it here)."""
+    key = (job["task"], job["source"])
+    code = CODE.get(key)
+    if code is None:
+        if len(CODE) >= 64:
+            CODE.clear()
+        code = CODE[key] = compile(job["source"], "tasks/{}.py".format(job["task"]), "exec")
+    return code
+
+
 def load(job):
     filename = "tasks/{}.py".format(job["task"])
     source = job["source"]
@@ -82,7 +97,7 @@ def load(job):
     module = types.ModuleType("dirt_task_" + job["task"])
     module.__file__ = filename
     sys.modules[module.__name__] = module
-    exec(compile(source, filename, "exec"), module.__dict__)
+    exec(compiled(job), module.__dict__)
     return module
 
 

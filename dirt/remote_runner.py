@@ -142,7 +142,10 @@ class TaskProcess:
         self.returncode = None
         self.process = None
         if hasattr(os, "fork"):
-            load_child()
+            try:
+                load_child()["compiled"](job)  # once here, not in every forked process
+            except SyntaxError:
+                pass  # the task process reports it, with the task's traceback
             self.pid = os.fork()
             if self.pid == 0:
                 self._run_forked(job, out_write, msg_write)
