@@ -43,6 +43,7 @@ from dirt.documents import (
 )
 from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
 from dirt.logbuffer import LogBuffer
+from dirt.pending import SKIP, PendingQueue
 from dirt.remote import Gateway, Job, gateway_spec
 from dirt.scheduler import HostView, PendingTask, assign, unschedulable_reason
 from dirt.settings import Settings
@@ -153,6 +154,8 @@ class Master:
         self.feed_thread: threading.Thread | None = None
         self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
         self.schedulable: set[str] = set()  # pending tasks some host can run (see below)
+        self.unchecked: set[str] = set()  # pending tasks not yet checked for being schedulable
+        self.queue = PendingQueue()  # pending tasks in fair order
         self.pending_views: dict[str, tuple[str | None, PendingTask]] = {}  # by rev
         self.recovering: set[str] = set()  # lease ran out: asking the host for a kept result
         self.farm_seen: Any = None
@@ -209,10 +212,9 @@ class Master:
         now = time.time() if now is None else now
         self.check_hosts(now)
         self.expire_leases(now)
-        pending = self.pending()
-        self.mark_unschedulable(pending)
+        self.mark_unschedulable()
         self.renew_runs(now)
-        self.dispatch(self.write(now, pending), now)
+        self.dispatch(self.write(now), now)
         self.save_checkpoint(now)
         self.tell("loop_done", self)
 
@@ -233,7 +235,8 @@ class Master:
 
     def queue_depth(self) -> int:
         """Pending tasks in this master's scope."""
-        return len(self.pending())
+        return sum(1 for doc in self.tasks.values()
+                   if doc["state"] == PENDING and self.in_scope(doc))
 
     def run(self, drain: bool = False) -> int:
         """Drive loop_once until stopped (or, with drain, until nothing is left to do)."""
@@ -381,6 +384,7 @@ class Master:
             self.dirty.discard(task_id)
         if doc["state"] in ACTIVE or task_id in self.runs:
             self.tasks[task_id] = doc
+            self.queued(doc)
         else:
             self.tasks.pop(task_id, None)
             self.dirty.discard(task_id)
@@ -561,6 +565,7 @@ class Master:
         elif outcome in ("lost", "released"):
             doc.update(host=None, started=None)
             set_state(doc, State.PENDING, f"requeued: {reason}", at)
+            self.queued(doc)
         self.dirty.add(doc["_id"])
 
     # -- claiming and dispatching ---------------------------------------------------------
@@ -589,27 +594,45 @@ class Master:
         return views
 
     def pending(self) -> list[PendingTask]:
-        """The pending tasks this master may claim now (known rev, nothing left to write)."""
-        tasks = []
-        for task_id, doc in self.tasks.items():
-            if doc["state"] != PENDING or task_id in self.stale \
-                    or task_id in self.dirty or not self.in_scope(doc):
-                continue
-            cached = self.pending_views.get(task_id)
-            if cached is None or cached[0] != doc.get("_rev"):
-                cached = (doc.get("_rev"), pending_view(doc))
-                self.pending_views[task_id] = cached
-            tasks.append(cached[1])
-        if len(self.pending_views) > 2 * len(tasks) + 1000:
-            live = {t.id for t in tasks}
-            self.pending_views = {k: v for k, v in self.pending_views.items() if k in live}
-        return tasks
+        """The pending tasks this master may claim now (known rev, nothing left to write).
+        A walk over every task: the loop uses the queue (see claimable) instead."""
+        return [self.view(doc) for task_id, doc in self.tasks.items()
+                if self.claimable(task_id) not in (None, SKIP)]
 
-    def mark_unschedulable(self, pending: list[PendingTask]) -> None:
+    def view(self, doc: dict[str, Any]) -> PendingTask:
+        """What the scheduler sees of a task document, made once per revision."""
+        cached = self.pending_views.get(doc["_id"])
+        if cached is None or cached[0] != doc.get("_rev"):
+            if len(self.pending_views) > 2 * len(self.tasks) + 1000:
+                self.pending_views = {k: v for k, v in self.pending_views.items()
+                                      if k in self.tasks}
+            cached = (doc.get("_rev"), pending_view(doc))
+            self.pending_views[doc["_id"]] = cached
+        return cached[1]
+
+    def claimable(self, task_id: str) -> PendingTask | object | None:
+        """For the queue's walk: the task to offer, SKIP (pending, but its claim was lost or
+        it has a write to make first), or None (no longer pending here: drop it)."""
+        doc = self.tasks.get(task_id)
+        if doc is None or doc["state"] != PENDING or not self.in_scope(doc):
+            return None
+        if task_id in self.stale or task_id in self.dirty:
+            return SKIP
+        return self.view(doc)
+
+    def queued(self, doc: dict[str, Any]) -> None:
+        """A task document is pending now: into the queue, and checked for being
+        schedulable on the next pass."""
+        if doc["state"] == PENDING and self.in_scope(doc):
+            self.queue.add(self.view(doc))
+            if doc["_id"] not in self.schedulable:
+                self.unchecked.add(doc["_id"])
+
+    def mark_unschedulable(self) -> None:
         """Pending tasks that no host can ever run end `unschedulable`, with the reason.
 
         A task found schedulable is not looked at again until the hosts or the registered
-        task names change (thousands of pending tasks would cost every pass otherwise)."""
+        task names change: a pass checks the tasks that became pending since the last one."""
         every_host = self.host_views(managed_only=False)
         registered = set(self.registry.names())
         farm = (sorted(registered), [(h.name, h.platform, h.enabled, h.labels,
@@ -617,9 +640,16 @@ class Master:
         if farm != self.farm_seen:
             self.farm_seen = farm
             self.schedulable.clear()
-        for task in pending:
-            if task.id in self.schedulable:
+            self.unchecked = {task_id for task_id, doc in self.tasks.items()
+                              if doc["state"] == PENDING}
+        for task_id in list(self.unchecked):
+            task = self.claimable(task_id)
+            if task is SKIP:
+                continue  # looked at once its write is made or its newer revision is here
+            self.unchecked.discard(task_id)
+            if task is None or task_id in self.schedulable:
                 continue
+            assert isinstance(task, PendingTask)
             try:
                 reason = unschedulable_reason(task, every_host, task.name in registered)
             except DirtError as exc:
@@ -633,13 +663,17 @@ class Master:
                 log.info("task %s: unschedulable: %s", task.id, reason, extra={"task": task.id})
                 self.dirty.add(task.id)
 
-    def claims(self, now: float, pending: list[PendingTask]) -> list[dict[str, Any]]:
+    def claims(self, now: float) -> list[dict[str, Any]]:
         """Task documents that claim pending tasks for free slots, to be written with the
-        `_rev` read (see claimed())."""
+        `_rev` read (see claimed()). The queue is walked in fair order only as far as the
+        free slots reach."""
         if self.stop_requested.is_set():
             return []
-        pending = [t for t in pending if t.id not in self.dirty]  # unschedulable meanwhile
-        pairs = assign(pending, self.host_views(managed_only=True))
+        hosts = self.host_views(managed_only=True)
+        platforms = {h.platform for h in hosts if h.free > 0}
+        if not platforms:
+            return []
+        pairs = assign(self.queue.in_order(platforms, self.claimable), hosts, ordered=True)
         if not pairs:
             return []
         at = now_iso(now)
@@ -825,9 +859,9 @@ class Master:
                 run.last_write = now
                 self.dirty.add(run.task_id)
 
-    def write(self, now: float, pending: list[PendingTask] | None) -> list[dict[str, Any]]:
-        """One _bulk_docs per pass: results, lease renewals, host changes and new claims of
-        `pending` tasks (None: no claims). Returns the claims won, to dispatch.
+    def write(self, now: float, claim: bool = True) -> list[dict[str, Any]]:
+        """One _bulk_docs per pass: results, lease renewals, host changes and new claims.
+        Returns the claims won, to dispatch.
 
         While tasks run, a write waits until `batch_seconds` after the previous one, so that
         many results and claims share one request (the database's cost is mostly per
@@ -841,7 +875,7 @@ class Master:
             return []
         docs = [self.tasks[i] for i in sorted(self.dirty) if i in self.tasks]
         host_docs = [self.hosts[n].doc for n in sorted(self.dirty_hosts) if n in self.hosts]
-        claims = self.claims(now, pending) if pending else []
+        claims = self.claims(now) if claim else []
         if not docs and not host_docs and not claims:
             return []
         try:
@@ -952,7 +986,7 @@ class Master:
         end = time.monotonic() + deadline
         while (self.dirty or self.dirty_hosts) and time.monotonic() < end:
             self.next_write = self.last_write = 0.0
-            self.write(time.time(), None)
+            self.write(time.time(), claim=False)
             if self.dirty or self.dirty_hosts:
                 time.sleep(0.5)
 

@@ -14,6 +14,7 @@ DatabaseUnavailable when the database does not answer.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ class MasterMetrics(Listener):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.next_depth = 0.0
         r = self.registry
         self.dispatch_latency = Histogram(
             "dirt_master_dispatch_latency_seconds",
@@ -78,7 +80,10 @@ class MasterMetrics(Listener):
         self.database_errors.inc()
 
     def loop_done(self, master: Master) -> None:
-        self.queue_depth.set(master.queue_depth())
+        now = time.monotonic()
+        if not master.runs or now >= self.next_depth:  # counting walks the queue: 1/s at most
+            self.queue_depth.set(master.queue_depth())
+            self.next_depth = now + 1.0
         self.running.set(len(master.runs))
         self.hosts_ready.set(sum(1 for state in master.hosts.values() if state.ready))
 

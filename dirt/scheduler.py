@@ -137,15 +137,18 @@ class HostView:
         )
 
 
-def assign(pending: Iterable[PendingTask], hosts: Iterable[HostView]) -> list[tuple[str, str]]:
-    """(task id, host name) pairs for as many pending tasks as free slots allow, fairly."""
+def assign(pending: Iterable[PendingTask], hosts: Iterable[HostView],
+           ordered: bool = False) -> list[tuple[str, str]]:
+    """(task id, host name) pairs for as many pending tasks as free slots allow, fairly:
+    oldest record first, then task order. With `ordered`, `pending` is in that order already
+    and is read only as far as the free slots reach."""
     hosts = list(hosts)
     free = {host.name: host.free for host in hosts}
     candidates = [host for host in hosts if free[host.name] > 0]
     assignments: list[tuple[str, str]] = []
     if not candidates:
         return assignments
-    for task in sorted(pending, key=operator.attrgetter("sort_key")):
+    for task in pending if ordered else sorted(pending, key=operator.attrgetter("sort_key")):
         fitting = [h for h in candidates if free[h.name] > 0 and h.fits(task)]
         if not fitting:
             continue

@@ -334,6 +334,30 @@ def spans(path: Path) -> list[tuple[float, str, str]]:
     return sorted(events)
 
 
+def test_a_pass_reads_the_queue_only_as_far_as_the_free_slots_reach(farm):
+    # a record with many inputs: a pass looks at the tasks it can start, not at all of them
+    farm.host(slots=2)
+    farm.task("short", '''
+        import time
+
+
+        def execute(ctx):
+            time.sleep(0.1)
+            return {"success": True}
+    ''')
+    farm.submit("r1", *[{"name": "short", "key": f"k{n}"} for n in range(500)])
+    master = farm.master()
+    farm.run_until(master, lambda: len(master.runs) == 2, what="two tasks running")
+    looked: list[str] = []
+    claimable = master.claimable
+    master.claimable = lambda task_id: looked.append(task_id) or claimable(task_id)
+    farm.run_until(master, lambda: master.queue_depth() <= 488, what="ten more tasks run")
+    assert master.queue_depth() >= 480
+    # about two looks per task started (its claim, then its entry dropped once running):
+    # walking the whole queue on a pass with a free slot would be 480 looks at once
+    assert len(looked) < 100
+
+
 def test_slots_are_never_exceeded(farm, tmp_path):
     farm.host(slots=2)
     farm.task("span", SPAN)
