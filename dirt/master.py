@@ -51,6 +51,10 @@ from dirt.tasks import Registry
 
 log = logging.getLogger("dirt.master")
 PENDING, RUNNING = State.PENDING.value, State.RUNNING.value  # compared on every pass
+# How long a master taking over an expired lease waits for a host that does not answer: more
+# than ssh's keepalive (ServerAliveInterval 5 x ServerAliveCountMax 3 = 15 s, remote.py), after
+# which a task process whose connection is gone has ended itself.
+HOST_GRACE_SECONDS = 20.0
 
 ENDINGS = ("result", "error", "timeout", "lost")
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
@@ -158,6 +162,7 @@ class Master:
         self.queue = PendingQueue()  # pending tasks in fair order
         self.pending_views: dict[str, tuple[str | None, PendingTask]] = {}  # by rev
         self.recovering: set[str] = set()  # lease ran out: asking the host for a kept result
+        self.host_waits: dict[str, float] = {}  # lease ran out, host not answering: since
         self.farm_seen: Any = None
 
     # -- start ----------------------------------------------------------------------------
@@ -494,30 +499,42 @@ class Master:
         if self.last_lease_check <= now < self.last_lease_check + 0.5:
             return
         self.last_lease_check = now
+        for task_id in list(self.host_waits):
+            if self.tasks.get(task_id, {}).get("state") != RUNNING:
+                del self.host_waits[task_id]  # taken care of meanwhile
         for task_id, doc in list(self.tasks.items()):
             if doc["state"] != RUNNING or task_id in self.runs:
                 continue
             if not self.in_scope(doc) or task_id in self.stale:
                 continue
             if (doc.get("lease_until") or 0) < now and task_id not in self.recovering:
-                self.recover(doc)
+                self.recover(doc, now)
         for run in list(self.runs.values()):
             if time.monotonic() - run.started > run.timeout + 30:
                 self.fence(run, "no answer from the host after the timeout")
                 reason = f"timeout after {run.timeout:g} s (the host did not end it)"
                 self.finish(run, "timeout", reason)
 
-    def recover(self, doc: dict[str, Any]) -> None:
+    def recover(self, doc: dict[str, Any], now: float) -> None:
         """A lease ran out: the master running the task stopped. If the task ended on its host
         before that master wrote the result, the host kept it: record it rather than run the
-        task again. Otherwise (or if the host cannot be asked) the attempt is lost."""
+        task again. Otherwise the attempt is lost. A host that does not answer is waited for
+        HOST_GRACE_SECONDS: in that time it comes back (and is asked), or the task's process,
+        if it still runs there, has ended itself (its connection is gone), so the task never
+        runs on two hosts at once."""
         lost = "lease expired: the master running it stopped"
         attempts = doc.get("attempts") or []
         state = self.hosts.get(attempts[-1]["host"]) if attempts else None
-        if state is not None and self.manages(state.doc) and state.doc.get("enabled") \
-                and not state.checked:
+        ours = state is not None and self.manages(state.doc) and state.doc.get("enabled")
+        if ours and not state.checked:
             return  # this master has not reached the host yet: ask once it has
-        if state is None or not state.ready or not self.manages(state.doc) or not state.gateway:
+        if ours and not (state.ready and state.gateway):
+            since = self.host_waits.setdefault(doc["_id"], now)
+            if now - since < HOST_GRACE_SECONDS:
+                return
+            lost += f"; its host did not answer for {HOST_GRACE_SECONDS:g} s"
+        self.host_waits.pop(doc["_id"], None)
+        if not ours or not (state.ready and state.gateway):
             self.end_attempt(doc, "lost", lost)
             return
         self.recovering.add(doc["_id"])

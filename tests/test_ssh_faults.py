@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CouchServer
 from farm import (
     MasterProcess,
     assert_exactly_once,
@@ -133,3 +134,40 @@ def assert_exactly_once_in(docs, runs_file):
     assert all(d["state"] == "success" for d in docs)
     ends = runs(runs_file)[1]
     assert sorted(ends.values()) == [1] * len(docs), ends
+
+
+def test_a_kept_result_is_read_once_its_host_is_back(tmp_path, ssh_hosts):
+    """The master dies after the task ended, before it could write the result (the database
+    was down), and the host's sshd is down when the next master takes over the lease: that
+    master waits for the host (up to HOST_GRACE_SECONDS), then reads the kept result instead
+    of running the task again."""
+    server = CouchServer(tmp_path / "couch")
+    server.start()
+    try:
+        settings, couch = ssh_farm(tmp_path, server.url, ssh_hosts[:1])
+        runs_file = tmp_path / "runs.txt"
+        submit(settings, couch, 1, runs_file, seconds=0.5)
+        first = MasterProcess(settings.project, tmp_path / "m1.log")
+        try:
+            wait_for(lambda: started_runs(runs_file), 60, "the task to start")
+            server.stop()  # the result cannot be written now
+            wait_for(lambda: sum(runs(runs_file)[1].values()) == 1, 60, "the task to end")
+            time.sleep(0.5)  # the result reaches the master, which holds it
+        finally:
+            first.kill()
+        ssh_hosts[0].kill_all()
+        server.start()
+        second = MasterProcess(settings.project, tmp_path / "m2.log", "--drain")
+        try:
+            time.sleep(8)  # past the lease (4 s): the host does not answer, the master waits
+            assert task_docs(couch)[0]["state"] == "running"
+            ssh_hosts[0].start()
+            assert second.wait(120) == 0, second.log()
+        finally:
+            second.kill()
+        (doc,) = assert_exactly_once(couch, runs_file, 1)
+        (attempt,) = doc["attempts"]
+        assert attempt["outcome"] == "success"
+        assert attempt["note"] == "result kept by the host after its master stopped"
+    finally:
+        server.stop()
