@@ -74,7 +74,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                            (get(results, "throughput", "reuse"), "REUSE_PROCESS (kept workers)")):
         if not figures or figures.get("tasks_per_s") is None:
             continue
-        out.append((f"dirt throughput, 2,000 tasks, 8 hosts x 2 slots, {label}",
+        out.append((f"dirt throughput, {figures.get('tasks', 2000):,} tasks, 8 hosts x 2 slots, "
+                    f"{label}",
                     fmt(figures["tasks_per_s"], " tasks/s"), ""))
         cpu = figures.get("cpu_ms_per_task") or {}
         if cpu:
