@@ -119,7 +119,7 @@ def run_job(job, watch=True):
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)  # NaN and infinity are not JSON
     except (TypeError, ValueError) as exc:
         send("error", f"task returned a result that is not JSON: {exc}")
         return

@@ -184,9 +184,11 @@ def test_a_result_that_is_not_a_dict_with_success(farm, returned, shown):
     assert doc["reason"].endswith("not a dict with a boolean 'success'")
 
 
-def test_a_result_that_is_not_json_is_an_error(farm):
+@pytest.mark.parametrize("value", ["object()", "float('nan')", "float('inf')"])
+def test_a_result_that_is_not_json_is_an_error(farm, value):
+    # NaN would pass json.dumps' defaults, and then no write of the master would go through
     farm.host()
-    farm.task("odd", "def execute(ctx):\n    return {'success': True, 'x': object()}\n")
+    farm.task("odd", f"def execute(ctx):\n    return {{'success': True, 'x': {value}}}\n")
     farm.submit("r1", "odd")
     farm.drain(farm.master())
     doc = farm.doc("task:r1:odd:linux")
