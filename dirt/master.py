@@ -528,13 +528,14 @@ class Master:
         ours = state is not None and self.manages(state.doc) and state.doc.get("enabled")
         if ours and not state.checked:
             return  # this master has not reached the host yet: ask once it has
-        if ours and not (state.ready and state.gateway):
+        reachable = ours and state.ready and state.gateway
+        if ours and not reachable:
             since = self.host_waits.setdefault(doc["_id"], now)
             if now - since < HOST_GRACE_SECONDS:
                 return
             lost += f"; its host did not answer for {HOST_GRACE_SECONDS:g} s"
         self.host_waits.pop(doc["_id"], None)
-        if not ours or not (state.ready and state.gateway):
+        if not reachable:
             self.end_attempt(doc, "lost", lost)
             return
         self.recovering.add(doc["_id"])
@@ -613,8 +614,8 @@ class Master:
     def pending(self) -> list[PendingTask]:
         """The pending tasks this master may claim now (known rev, nothing left to write).
         A walk over every task: the loop uses the queue (see claimable) instead."""
-        return [self.view(doc) for task_id, doc in self.tasks.items()
-                if self.claimable(task_id) not in (None, SKIP)]
+        tasks = (self.claimable(task_id) for task_id in self.tasks)
+        return [task for task in tasks if isinstance(task, PendingTask)]
 
     def view(self, doc: dict[str, Any]) -> PendingTask:
         """What the scheduler sees of a task document, made once per revision."""

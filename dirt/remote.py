@@ -11,6 +11,7 @@ import logging
 import queue
 import subprocess
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ class Job:
     timeout: float | None
     attempt: int = 1
     reuse: int = 1  # runs one task process may serve (the module's REUSE_PROCESS)
-    attempt_id: str = ""  # documents.attempt_id: the host keeps the outcome by it
+    # documents.attempt_id: the host keeps the outcome by it (the master always names it)
+    attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -110,7 +112,7 @@ class Job:
             "timeout": self.timeout,
             "attempt": self.attempt,
             "reuse": self.reuse,
-            "attempt_id": self.attempt_id or f"{self.task_id}:{self.attempt}",
+            "attempt_id": self.attempt_id,
         }
 
 

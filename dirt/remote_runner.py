@@ -201,13 +201,20 @@ class TaskProcess:
 
     def kill(self):
         """Kill the task and everything it started (its session)."""
-        if self.returncode is not None:
-            return
-        for kill_one in (os.killpg, os.kill):  # killpg fails until the child ran setsid()
-            try:
-                kill_one(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self.returncode is None:
+            kill_session(self.pid)
+
+    def done(self, outcome):
+        """After the run: nothing to keep (see WorkerRun.done)."""
+
+
+def kill_session(pid):
+    """SIGKILL a task process and everything it started (its session)."""
+    for kill_one in (os.killpg, os.kill):  # killpg fails until the child ran setsid()
+        try:
+            kill_one(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class Worker:
@@ -283,20 +290,20 @@ def take_worker(job):
     """An idle worker for this task module, or a new one."""
     key = (job["task"], hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
     now = time.monotonic()
-    worker = None
+    expired = []
     with WORKERS_LOCK:
         for pool_key, idle in list(WORKERS.items()):
-            for w in list(idle):
-                if now - w.idle_since > Worker.IDLE_SECONDS or w.poll() is not None:
-                    idle.remove(w)
-                    w.sock.close()
-                    RETIRED.append(w)
+            gone = [w for w in idle
+                    if now - w.idle_since > Worker.IDLE_SECONDS or w.poll() is not None]
+            expired += gone
+            idle[:] = [w for w in idle if w not in gone]
             if not idle:
                 del WORKERS[pool_key]
         RETIRED[:] = [w for w in RETIRED if w.poll() is None]
         idle = WORKERS.get(key)
-        if idle:
-            worker = idle.pop()
+        worker = idle.pop() if idle else None
+    for w in expired:
+        w.retire()
     return worker or Worker(key, job["reuse"], job["parent"])
 
 
@@ -325,10 +332,6 @@ class WorkerRun:
         if not given:
             self.kill()
 
-    @property
-    def returncode(self):
-        return self.worker.returncode
-
     def poll(self):
         return self.worker.poll()
 
@@ -345,11 +348,7 @@ class WorkerRun:
 
     def _signal(self):
         if self.worker.poll() is None:
-            for kill_one in (os.killpg, os.kill):
-                try:
-                    kill_one(self.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            kill_session(self.pid)
 
     def done(self, outcome):
         """The run's pipes closed: keep the worker for the next run, or let it go. A run that
@@ -486,8 +485,7 @@ def run(channel, job):
     channel.send(("started", process.pid))
     relay = Relay(channel)
     timed_out = pump(process, relay, job["timeout"])
-    if isinstance(process, WorkerRun):  # back to the pool before the master hears of it
-        process.done(relay.outcome)
+    process.done(relay.outcome)  # a kept worker goes back before the master hears of it
     told = relay.outcome is not None and not timed_out
     if told:  # the task said how it ended and its pipes closed: no need to wait for its exit
         finish(channel, job, relay.outcome)
