@@ -171,6 +171,33 @@ def set_state(task: dict[str, Any], state: State, reason: str = "", at: str | No
     task.setdefault("history", []).append({"state": state.value, "at": at, "reason": reason})
 
 
+def start_attempt(task: dict[str, Any], host: str, master: str, at: str,
+                  lease_until: float) -> None:
+    """Claim `task` for `host`: a new attempt, state running, a lease. New lists, so a
+    shallow copy of a document can be changed without touching the original."""
+    task["attempts"] = [*task.get("attempts", []), {
+        "host": host, "master": master, "started": at, "ended": None,
+        "outcome": None, "reason": "",
+    }]
+    task["history"] = list(task.get("history", []))
+    task.update(host=host, started=at, ended=None, duration=None, lease_until=lease_until)
+    set_state(task, State.RUNNING, "", at)
+
+
+def end_task(task: dict[str, Any], state: State, reason: str, result: dict[str, Any] | None,
+             at: str, duration: float | None = None, note: str = "") -> None:
+    """The task's final state, reason and result, from how its last attempt ended."""
+    attempt = task["attempts"][-1]
+    attempt.update(ended=at, outcome=state.value, reason=reason)
+    if note:
+        attempt["note"] = note
+    if duration is None and attempt.get("started"):
+        duration = parse_iso(at) - parse_iso(attempt["started"])
+    task.update(ended=at, lease_until=None, result=result,
+                duration=round(duration, 3) if duration is not None else None)
+    set_state(task, state, reason, at)
+
+
 def attempt_id(task: dict[str, Any]) -> str:
     """What names the task's last attempt everywhere, also across databases and re-created
     records: its number, the master that claimed it and when (hosts keep outcomes by it)."""

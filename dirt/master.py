@@ -35,11 +35,13 @@ from dirt.documents import (
     ACTIVE,
     State,
     attempt_id,
+    end_task,
     host_slots,
     now_iso,
     outcome_of,
     parse_iso,
     set_state,
+    start_attempt,
 )
 from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
 from dirt.logbuffer import LogBuffer
@@ -698,14 +700,7 @@ class Master:
         claims = []
         for task_id, host in pairs:
             doc = dict(self.tasks[task_id])
-            doc["attempts"] = [*doc.get("attempts", []), {
-                "host": host, "master": self.id, "started": at, "ended": None,
-                "outcome": None, "reason": "",
-            }]
-            doc["history"] = list(doc.get("history", []))
-            doc.update(host=host, started=at, ended=None, duration=None,
-                       lease_until=now + self.config.lease_seconds)
-            set_state(doc, State.RUNNING, "", at)
+            start_attempt(doc, host, self.id, at, now + self.config.lease_seconds)
             claims.append(doc)
         return claims
 
@@ -830,18 +825,9 @@ class Master:
     def record_outcome(self, doc: dict[str, Any], kind: str, payload: Any,
                        duration: float | None, note: str = "") -> None:
         """The task's final state, reason and result from how its last attempt ended."""
-        at = now_iso()
         state, reason, result = outcome_of(kind, payload)
-        attempt = doc["attempts"][-1]
-        attempt.update(ended=at, outcome=state.value, reason=reason)
-        if note:
-            attempt["note"] = note
-        if duration is None and attempt.get("started"):
-            duration = parse_iso(at) - parse_iso(attempt["started"])
-        doc.update(ended=at, lease_until=None, result=result,
-                   duration=round(duration, 3) if duration is not None else None)
-        set_state(doc, state, reason, at)
-        host = attempt.get("host")
+        end_task(doc, state, reason, result, now_iso(), duration, note)
+        host = doc["attempts"][-1].get("host")
         log.info("task %s: %s on %s%s", doc["_id"], state.value, host,
                  f": {reason}" if reason else "", extra={"task": doc["_id"], "host": host})
         self.dirty.add(doc["_id"])

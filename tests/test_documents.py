@@ -173,3 +173,28 @@ def test_attempt_id_names_the_claim_not_only_the_number():
     assert first.startswith("task:r1:build:linux:1:")
     again = dict(task, attempts=[dict(task["attempts"][0], master="m2")])
     assert documents.attempt_id(again) != first
+
+
+def test_start_attempt_claims_a_copy_without_touching_the_original():
+    task = documents.new_task(documents.new_record("r1"), "build", "linux", 0)
+    claim = dict(task)
+    documents.start_attempt(claim, "h1", "m1", "2026-11-23T08:00:00.000000Z", 1000.0)
+    assert claim["state"] == "running" and claim["host"] == "h1"
+    assert claim["lease_until"] == 1000.0 and claim["started"] == claim["attempts"][0]["started"]
+    assert claim["attempts"] == [{"host": "h1", "master": "m1", "ended": None, "outcome": None,
+                                  "reason": "", "started": "2026-11-23T08:00:00.000000Z"}]
+    assert [h["state"] for h in claim["history"]] == ["pending", "running"]
+    assert task["state"] == "pending" and task["attempts"] == []
+    assert [h["state"] for h in task["history"]] == ["pending"]
+
+
+def test_end_task_closes_the_last_attempt_with_its_duration():
+    task = documents.new_task(documents.new_record("r1"), "build", "linux", 0)
+    documents.start_attempt(task, "h1", "m1", "2026-11-23T08:00:00.000000Z", 1000.0)
+    documents.end_task(task, State.FAILED, "2 tests failed", {"success": False},
+                       "2026-11-23T08:00:02.500000Z", note="read back")
+    assert task["state"] == "failed" and task["reason"] == "2 tests failed"
+    assert task["duration"] == 2.5 and task["lease_until"] is None
+    attempt = task["attempts"][-1]
+    assert attempt["outcome"] == "failed" and attempt["note"] == "read back"
+    assert task["result"] == {"success": False}
