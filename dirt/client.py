@@ -187,7 +187,7 @@ def submit(
     record = documents.new_record(name, description=description, submitter=submitter, meta=meta)
     task_docs = plan_tasks(registry, record, tasks, known_platforms(couch))
     try:
-        couch.put(record)  # no _rev: a record that exists answers 409
+        couch.insert(record)  # a record that exists is a conflict
     except Conflict:
         raise InvalidRecord(f"record {name!r} exists already") from None
     answers = couch.bulk_docs(task_docs)

@@ -13,8 +13,8 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any, NoReturn
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import getproxies, proxy_bypass
 
 import urllib3
@@ -46,6 +46,7 @@ RETRIES = urllib3.Retry(
     total=None, connect=0, read=False, status=0, other=0, redirect=30,
     respect_retry_after_header=False,
 )
+JSON = {"Content-Type": "application/json"}
 IDENTITY = {"Accept-Encoding": "identity"}  # a compressed feed is buffered and never arrives
 # the names requests gave these failures, which messages (and scripts reading them) show
 FAILURES = (
@@ -71,6 +72,14 @@ def _quote_id(doc_id: str) -> str:
     return quote(doc_id, safe="")
 
 
+def _encoding(parts: SplitResult) -> str:
+    """Compressed answers only from a server across a network: on this machine gzip costs
+    both sides CPU and saves nothing (0.3-0.7 ms on a 2-4 KB answer from PouchDB Server)."""
+    host = (parts.hostname or "").lower()
+    local = host == "localhost" or host == "::1" or host.startswith("127.")
+    return "identity" if local else "gzip, deflate"
+
+
 class Couch:
     """One database on one CouchDB server."""
 
@@ -80,7 +89,7 @@ class Couch:
         self.db_url = f"{self.url}/{quote(database, safe='')}"
         self.pool = _pool_for(self.url)  # thread-safe: the feed and view warmers share it
         parts = urlsplit(self.url)
-        self._headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
+        self._headers = {"Accept": "application/json", "Accept-Encoding": _encoding(parts)}
         if parts.username or parts.password:
             user, password = unquote(parts.username or ""), unquote(parts.password or "")
             basic = urllib3.make_headers(basic_auth=f"{user}:{password}")["authorization"]
@@ -117,9 +126,11 @@ class Couch:
         if json is not None:
             try:
                 data = _json_body(json)
-            except ValueError:  # NaN or infinity, as requests did (its InvalidJSONError)
-                raise self._unavailable("InvalidJSONError") from None
-            headers = {"Content-Type": "application/json", **(headers or {})}
+            except ValueError as exc:  # NaN or infinity: the caller's mistake, not an outage
+                where = f"{safe_url(self.db_url)}/{path}".rstrip("/")
+                raise DatabaseError(f"{where}: cannot be sent as JSON: {exc}", None,
+                                    str(exc)) from None
+            headers = {**JSON, **(headers or {})}
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         try:
             response = self.pool.urlopen(
@@ -156,10 +167,11 @@ class Couch:
         except ValueError:
             text = response.data.decode("utf-8", "replace")
             body = {"error": response.reason, "reason": text[:200]}
-        error, reason = body.get("error", ""), body.get("reason", "")
+        self._raise(path, response.status, body.get("error", ""), body.get("reason", ""))
+
+    def _raise(self, path: str, status: int, error: str, reason: str) -> NoReturn:
         where = f"{safe_url(self.db_url)}/{path}".rstrip("/")
         message = f"{where}: {error}: {reason}" if reason else f"{where}: {error}"
-        status = response.status
         if status == 409:
             raise Conflict(message, status, reason)
         if status == 404:
@@ -220,6 +232,18 @@ class Couch:
         doc["_rev"] = answer["rev"]
         return answer["rev"]
 
+    def insert(self, doc: dict[str, Any]) -> str:
+        """Write a new document and set its `_rev`; Conflict if one with its id exists.
+
+        One `_bulk_docs` of one document, which is a millisecond cheaper than a PUT on PouchDB
+        Server; the same check on `_rev` (none) and the same validation."""
+        (answer,) = self.bulk_docs([doc])
+        error = answer.get("error")
+        if not error:
+            return doc["_rev"]
+        status = {"conflict": 409, "forbidden": 403, "unauthorized": 401}.get(error, 400)
+        self._raise(_quote_id(doc["_id"]), status, error, answer.get("reason") or "")
+
     def delete(self, doc_id: str, rev: str) -> None:
         self.request("DELETE", _quote_id(doc_id), params={"rev": rev})
 
@@ -228,12 +252,22 @@ class Couch:
 
         Each write is checked on its own `_rev` (no all_or_nothing): an answer with
         `"error": "conflict"` is a lost claim, exactly as a 409 from `put`. Successful writes
-        get their new `_rev` set on the document passed in.
-        """
+        get their new `_rev` set on the document passed in. A document that cannot be sent
+        as JSON (NaN, infinity) is answered `bad_request` and the others are written."""
         if not docs:
             return []
-        answers = self.request("POST", "_bulk_docs", json={"docs": docs})
-        answers = _in_order_of(docs, answers)
+        bodies, refused = [], {}
+        for index, doc in enumerate(docs):
+            try:
+                bodies.append(_json_body(doc))
+            except ValueError as exc:  # NaN or infinity: that document alone is refused
+                refused[index] = {"id": doc.get("_id"), "error": "bad_request",
+                                  "reason": f"cannot be sent as JSON: {exc}"}
+        sent = [doc for index, doc in enumerate(docs) if index not in refused]
+        written = iter(_in_order_of(sent, self.request(
+            "POST", "_bulk_docs", data=b'{"docs":[' + b",".join(bodies) + b"]}",
+            headers=JSON) if sent else []))
+        answers = [refused.get(index) or next(written) for index in range(len(docs))]
         for doc, answer in zip(docs, answers, strict=True):
             if "rev" in answer and "error" not in answer:
                 doc["_rev"] = answer["rev"]

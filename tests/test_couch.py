@@ -12,7 +12,7 @@ from conftest import CouchServer, free_port
 from httpd import Recorder
 
 from dirt.couch import Couch, _lines, inline_attachment, safe_url
-from dirt.errors import Conflict, DatabaseUnavailable, Forbidden, NotFound
+from dirt.errors import Conflict, DatabaseError, DatabaseUnavailable, Forbidden, NotFound
 
 
 def record(name: str) -> dict:
@@ -64,6 +64,54 @@ def test_bulk_docs_answers_per_document(couch):
     assert couch.get("record:a").get("description") is None
     assert couch.get("record:b")["_rev"] == fresh["_rev"]
     assert couch.bulk_docs([]) == []
+
+
+def test_insert_writes_a_new_document_only(couch):
+    doc = record("n1")
+    rev = couch.insert(doc)
+    assert doc["_rev"] == rev and couch.get("record:n1")["_rev"] == rev
+    again = record("n1")
+    with pytest.raises(Conflict) as caught:
+        couch.insert(again)
+    assert caught.value.status == 409 and "record%3An1" in str(caught.value)
+    assert "_rev" not in again
+    with pytest.raises(Forbidden, match="unknown document type"):
+        couch.insert({"_id": "thing", "type": "gizmo"})
+    assert couch.get_or_none("thing") is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_document_that_is_not_json_is_refused_alone(couch, value):
+    bad, good = {**record("bad"), "meta": {"x": value}}, record("good")
+    answers = couch.bulk_docs([bad, good])
+    assert answers[0]["error"] == "bad_request" and "JSON" in answers[0]["reason"]
+    assert answers[0]["id"] == "record:bad" and "_rev" not in bad
+    assert "error" not in answers[1] and couch.get("record:good")["_rev"] == good["_rev"]
+    assert couch.get_or_none("record:bad") is None
+    with pytest.raises(DatabaseError, match="record%3Abad: cannot be sent as JSON") as caught:
+        couch.put(bad)
+    assert not isinstance(caught.value, DatabaseUnavailable)
+    with pytest.raises(DatabaseError, match="cannot be sent as JSON"):
+        couch.insert(bad)
+    assert couch.bulk_docs([bad])[0]["error"] == "bad_request"
+
+
+def test_compressed_answers_only_across_a_network():
+    def encoding(url: str) -> str:
+        recorder = Recorder(lambda request: (201, [{"id": "record:a", "rev": "1-x"}]))
+        try:
+            port = recorder.url.rsplit(":", 1)[1]
+            Couch(url.replace("PORT", port), "dirt").bulk_docs([record("a")])
+        finally:
+            recorder.close()
+        (request,) = recorder.requests
+        return {k.lower(): v for k, v in request.headers.items()}["accept-encoding"]
+
+    assert encoding("http://127.0.0.1:PORT") == "identity"
+    assert encoding("http://localhost:PORT") == "identity"
+    assert Couch("http://couch.example.org:5984", "d")._headers["Accept-Encoding"] == (
+        "gzip, deflate")
+    assert Couch("https://10.1.2.3", "d")._headers["Accept-Encoding"] == "gzip, deflate"
 
 
 def test_bulk_docs_answers_follow_the_order_of_the_documents(couch):
