@@ -216,13 +216,8 @@ class CouchServer:
     def start(self) -> None:
         program = embedded.install(load(environ=dict(os.environ), cwd=Path("/")))
         self.data.mkdir(parents=True, exist_ok=True)
-        config = self.data / "config.json"
-        if not config.exists():
-            config.write_text(json.dumps({"log": {"file": str(self.data / "log.txt")}}))
-        self.process = self.procs.start(
-            ["node", "--unhandled-rejections=warn", str(program), "-o", "127.0.0.1",
-             "-p", str(self.port), "-d", f"{self.data}/", "-c", str(config)],
-            self.data / "server.log", cwd=self.data)
+        self.process = self.procs.start(embedded.command(program, self.data, self.port),
+                                        self.data / "server.log", cwd=self.data)
         wait_until_up(Couch(self.url, "_users"), time.monotonic() + 30)
 
     def stop(self) -> None:

@@ -5,7 +5,11 @@
 - bare execnet plus one forked process per call (how dirt's runner isolates a task where the
   host can fork), and plus one fresh Python process per call (where it cannot);
 - the database: 2,000 task documents written with `_bulk_docs` (batches of 1,000 and of 100)
-  and with single PUTs from one client.
+  and with single PUTs from one client;
+- the database alone, as dirt uses it: each task's three writes (created with its record's
+  others, claimed, ended), batched the way a master batches them, with no master or host
+  running; and the five requests a one-task record needs before its result is in, in a row
+  (the floor under dirt's latency on this database).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import uuid
 
 import execnet
 
-from benchmarks.common import Deadline
+from benchmarks.common import BENCH_TASK, Deadline, percentiles
 from benchmarks.context import Context
-from dirt import couchapp, documents
+from dirt import client, couchapp, documents
 from dirt.couch import Couch
+from dirt.documents import State, now_iso
+from dirt.tasks import Registry
 
 NAME = "limits"
 TITLE = "the limits: bare execnet, the database's write rate"
@@ -79,6 +85,8 @@ def run(ctx: Context) -> dict:
                                                     "process"),
     }
     figures.update(database_rates(ctx.server.url, count, deadline))
+    figures["db_task_writes_tasks_per_s"] = task_writes_rate(ctx.server.url, count, deadline)
+    figures["db_round_trips_ms"] = round_trips(ctx, ctx.size(200, 30), deadline)
     return {"figures": figures}
 
 
@@ -150,3 +158,70 @@ def database_rates(url: str, count: int, deadline: Deadline) -> dict:
         couch.drop()
         deadline.check(f"database writes ({label})")
     return out
+
+
+def fresh_database(url: str, label: str) -> Couch:
+    couch = Couch(url, f"bench-limits-{label}-{uuid.uuid4().hex[:6]}")
+    couch.create()
+    couchapp.push(couch)
+    return couch
+
+
+def task_writes_rate(url: str, count: int, deadline: Deadline, batch: int = 16) -> float:
+    """Tasks per second when the database is all there is: the `count` tasks are created in one
+    `_bulk_docs` (as a submission writes them), then each request claims the next `batch`
+    (dirt's free slots here) and ends the batch claimed before, as a master's pass does; one
+    request at a time, as a master writes."""
+    couch = fresh_database(url, "writes")
+    record = documents.new_record("limits-writes")
+    docs = [documents.new_task(record, "bench", "linux", i, key=f"t{i}") for i in range(count)]
+    t0 = time.perf_counter()
+    write(couch, docs)
+    claimed: list[dict] = []
+    for i in range(0, count + batch, batch):
+        at = now_iso()
+        ending = claimed
+        for doc in ending:
+            documents.end_task(doc, State.SUCCESS, "", {"success": True}, at)
+        claimed = [dict(doc) for doc in docs[i:i + batch]]
+        for doc in claimed:
+            documents.start_attempt(doc, "h0", "limits", at, time.time() + 60)
+        write(couch, ending + claimed)
+    elapsed = time.perf_counter() - t0
+    couch.drop()
+    deadline.check("the database's writes per task")
+    return round(count / elapsed, 1)
+
+
+def write(couch: Couch, docs: list[dict]) -> None:
+    if not docs:
+        return
+    failed = [answer for answer in couch.bulk_docs(docs) if answer.get("error")]
+    assert not failed, failed[:3]  # a written document gets its new _rev (couch.bulk_docs)
+
+
+def round_trips(ctx: Context, samples: int, deadline: Deadline) -> dict:
+    """The requests a one-task record needs before its result is in, made in a row by one
+    client with nothing else running: its submission (`client.submit`, as `dirt submit` and
+    the latency scenario make it: the host list, the record, its task), the claim and the
+    result. p50/p95/p99 in ms; the first three samples warm up and are dropped."""
+    couch = fresh_database(ctx.server.url, "trips")
+    couch.put(documents.new_host("h0", "linux", local=True))
+    tasks = ctx.workdir / "limits-tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "bench.py").write_text(BENCH_TASK)
+    registry = Registry(tasks)
+    took = []
+    for i in range(samples + 3):
+        t0 = time.perf_counter()
+        _, (doc,) = client.submit(couch, registry, f"trip-{i}", [
+            {"name": "bench", "platform": "linux", "args": {"id": f"t{i}", "file": "/dev/null"}}])
+        documents.start_attempt(doc, "h0", "limits", now_iso(), time.time() + 60)
+        write(couch, [doc])
+        documents.end_task(doc, State.SUCCESS, "", {"success": True}, now_iso())
+        write(couch, [doc])
+        if i >= 3:
+            took.append(time.perf_counter() - t0)
+        deadline.check("the database round trips of one task")
+    couch.drop()
+    return percentiles(took)

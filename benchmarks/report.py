@@ -94,6 +94,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         if value is not None:
             out.append((label, fmt(value, " /s"),
                         f"{ratio(tp, value)} / {ratio(tp_reuse, value)}"))
+    value = get(results, "limits", "db_task_writes_tasks_per_s")
+    if value is not None:
+        out.append(("limit: the database alone, each task's three writes (created, claimed, "
+                    "ended) batched as a master does, nothing else running",
+                    fmt(value, " tasks/s"), f"{ratio(tp, value)} / {ratio(tp_reuse, value)}"))
+    p = get(results, "limits", "db_round_trips_ms") or {}
+    if p:
+        out.append(("floor: the database requests of a one-task record in a row (host list, "
+                    "record, task, claim, result), nothing else running (p50 / p95 / p99)",
+                    f"{p['p50']} / {p['p95']} / {p['p99']} ms",
+                    f"{ratio((lat.get('to_result_ms') or {}).get('p50'), p['p50'])} / "
+                    f"{ratio((reuse.get('to_result_ms') or {}).get('p50'), p['p50'])}"))
     for peer in ("rq", "buildbot"):
         figures = get(results, "peers", peer) or {}
         if figures.get("error"):

@@ -46,8 +46,7 @@ class CouchServer:
         self.data.mkdir(parents=True, exist_ok=True)
         with open(self.data / "server.log", "ab") as log:
             self.process = subprocess.Popen(
-                ["node", "--unhandled-rejections=warn", str(program), "-o", "127.0.0.1",
-                 "-p", str(self.port), "-d", f"{self.data}/", "-c", str(self.data / "config.json")],
+                embedded.command(program, self.data, self.port),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.data,
             )
         wait_until_up(Couch(self.url, "_users"), time.monotonic() + 30)

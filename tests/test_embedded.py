@@ -96,6 +96,13 @@ def test_start_status_url_stop(embedded_project):
     assert [h["name"] for h in json.loads(hosts.stdout)] == ["local"]
     assert dirt("status").returncode == 0
 
+    # its log keeps warnings and errors, not a line for every request
+    folder = embedded_project.project / ".dirt" / "couch"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["log"] == {"file": str(folder / "log.txt"), "level": "warning"}
+    logged = (folder / "log.txt").read_text() if (folder / "log.txt").exists() else ""
+    assert "_all_docs" not in logged and "GET" not in logged
+
 
 def test_configured_url_is_used_and_never_started(tmp_path):
     folder = tmp_path / "proj"
