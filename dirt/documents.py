@@ -198,6 +198,13 @@ def end_task(task: dict[str, Any], state: State, reason: str, result: dict[str, 
     set_state(task, state, reason, at)
 
 
+def rev_gen(doc: dict[str, Any]) -> int:
+    """The generation of a document's `_rev` (0 for one never written): which of two
+    copies is newer."""
+    rev = doc.get("_rev") or "0-"
+    return int(rev.split("-", 1)[0])
+
+
 def attempt_id(task: dict[str, Any]) -> str:
     """What names the task's last attempt everywhere, also across databases and re-created
     records: its number, the master that claimed it and when (hosts keep outcomes by it)."""

@@ -10,11 +10,14 @@
 CouchDB is the only state: everything the master holds in memory can be rebuilt from the
 database, so it may be killed at any moment. Only the loop thread writes documents; gateway,
 changes and health threads talk to it through one event queue.
+
+The loop, the changes, claiming, dispatching and writing are here; the master's other parts
+are mixed in from their own modules: health.py (its hosts), leases.py (renewing, expiring and
+taking over leases) and results.py (what a task's host says, turned into its outcome).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import queue
@@ -23,70 +26,35 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import execnet
 
 from dirt import couchapp
-from dirt.couch import INDEX_TIMEOUT, Couch, inline_attachment
-from dirt.diagnose import check_ssh, explain
+from dirt.couch import INDEX_TIMEOUT, Couch
 from dirt.documents import (
     ACTIVE,
     State,
     attempt_id,
-    end_task,
-    host_slots,
     now_iso,
-    outcome_of,
     parse_iso,
+    rev_gen,
     set_state,
     start_attempt,
 )
 from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
+from dirt.health import HostHealth, HostState
+from dirt.leases import Leases
 from dirt.logbuffer import LogBuffer
 from dirt.pending import SKIP, PendingQueue
-from dirt.remote import Gateway, Job, gateway_spec
-from dirt.scheduler import HostView, PendingTask, assign, unschedulable_reason
+from dirt.remote import Job
+from dirt.results import Results, Run
+from dirt.scheduler import PendingTask, assign, unschedulable_reason
 from dirt.settings import Settings
 from dirt.tasks import Registry
 
 log = logging.getLogger("dirt.master")
 PENDING, RUNNING = State.PENDING.value, State.RUNNING.value  # compared on every pass
-# How long a master taking over an expired lease waits for a host that does not answer: more
-# than ssh's keepalive (ServerAliveInterval 5 x ServerAliveCountMax 3 = 15 s, remote.py), after
-# which a task process whose connection is gone has ended itself.
-HOST_GRACE_SECONDS = 20.0
-
-ENDINGS = ("result", "error", "timeout", "lost")
-MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
-
-
-def rev_gen(doc: dict[str, Any]) -> int:
-    rev = doc.get("_rev") or "0-"
-    return int(rev.split("-", 1)[0])
-
-
-@dataclass
-class Run:
-    """One task this master is running on a host."""
-
-    task_id: str
-    host: str
-    attempt: int
-    timeout: float
-    log: LogBuffer
-    started: float  # time.monotonic()
-    channel: Any = None
-    pid: int | None = None
-    artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-    artifact_bytes: int = 0
-    last_write: float = 0.0
-    fenced: bool = False
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.task_id, self.attempt)
 
 
 class Listener:
@@ -106,17 +74,7 @@ class Listener:
         """One pass of the loop ended (for gauges: master.queue_depth(), master.runs)."""
 
 
-@dataclass
-class HostState:
-    doc: dict[str, Any]
-    gateway: Gateway | None = None
-    ready: bool = False  # this master's last check of the host succeeded
-    checked: bool = False  # this master has checked the host at least once
-    checking: bool = False
-    next_check: float = 0.0
-
-
-class Master:
+class Master(HostHealth, Leases, Results):
     """One master process over one database."""
 
     def __init__(
@@ -404,214 +362,7 @@ class Master:
             and attempts[-1].get("master") == self.id
         )
 
-    def update_host(self, doc: dict[str, Any]) -> None:
-        name = doc["name"]
-        state = self.hosts.get(name)
-        if state is None:
-            self.hosts[name] = HostState(doc=doc)
-            return
-        if rev_gen(state.doc) >= rev_gen(doc):
-            return
-        old_spec = gateway_spec(state.doc)
-        state.doc = doc
-        if state.gateway and (not doc.get("enabled") or gateway_spec(doc) != old_spec):
-            if not any(run.host == name for run in self.runs.values()):
-                state.gateway.close()
-                state.gateway = None
-        if doc.get("enabled") and doc.get("alive") is not True:
-            state.next_check = 0.0
-
-    # -- host health ----------------------------------------------------------------------
-
-    def check_hosts(self, now: float) -> None:
-        """Start a health check (in a thread) for each host whose check is due."""
-        for name, state in self.hosts.items():
-            doc = state.doc
-            if not self.manages(doc) or not doc.get("enabled") or state.checking:
-                continue
-            if now < state.next_check:
-                continue
-            state.checking = True
-            if state.gateway is None:
-                state.gateway = Gateway(name, self.spec_for(doc), self.group)
-            threading.Thread(
-                target=self._check_host, args=(doc, state.gateway), daemon=True
-            ).start()
-
-    def spec_for(self, doc: dict[str, Any]) -> str:
-        return gateway_spec(doc, self.settings.state_dir / "known_hosts")
-
-    def _check_host(self, doc: dict[str, Any], gateway: Gateway) -> None:
-        """Thread: ask the host for its facts; if it does not answer, find out why."""
-        known_hosts = self.settings.state_dir / "known_hosts"
-        try:
-            if doc.get("ssh") and not gateway.is_open():
-                # walk the SSH steps first: a clear cause, and no half-made execnet bootstrap
-                check_ssh(doc["ssh"], known_hosts)
-            facts = gateway.facts()
-            self.events.put(("host", doc["name"], facts, None))
-        except HostUnreachable as exc:
-            reason = explain(doc, known_hosts, exc)  # which SSH step fails, if one does
-            if not reason.startswith(f"host {doc['name']}"):
-                reason = f"host {doc['name']}: {reason}"
-            self.events.put(("host", doc["name"], None, reason))
-
-    def host_checked(self, name: str, facts: dict | None, error: str | None) -> None:
-        state = self.hosts.get(name)
-        if state is None:
-            return
-        state.checking = False
-        state.checked = True
-        state.next_check = time.time() + self.config.health_interval
-        doc = state.doc
-        was_alive = doc.get("alive")
-        state.ready = facts is not None
-        if facts is not None:
-            if was_alive is not True:
-                log.info("host %s: alive (%s, Python %s)", name, facts["os"], facts["python"],
-                         extra={"host": name})
-            changed = doc.get("alive") is not True or doc.get("facts") != facts
-            doc.update(alive=True, reason="", facts=facts)
-            last = doc.get("last_seen_ts") or 0
-            if changed or time.time() - last > max(60.0, self.config.health_interval * 6):
-                doc["last_seen"] = now_iso()
-                doc["last_seen_ts"] = time.time()
-                self.dirty_hosts.add(name)
-            return
-        log.warning("host %s: not alive: %s", name, error, extra={"host": name})
-        if was_alive is not False or doc.get("reason") != error:
-            doc.update(alive=False, reason=error)
-            self.dirty_hosts.add(name)
-        self.host_lost(name, error or "host does not answer")
-
-    def host_lost(self, name: str, reason: str) -> None:
-        """A host stopped answering: end its gateway and every attempt running there."""
-        state = self.hosts.get(name)
-        if state and state.gateway:
-            state.gateway.kill()
-        for run in [r for r in self.runs.values() if r.host == name]:
-            self.finish(run, "lost", reason)
-
-    # -- leases ---------------------------------------------------------------------------
-
-    def expire_leases(self, now: float) -> None:
-        """Running tasks nobody renews (a master died) are lost attempts; ours past their
-        deadline (the host hangs) are ended. Looked at twice a second, not every pass: a
-        lease is seconds long, and the walk is over every active task."""
-        if self.last_lease_check <= now < self.last_lease_check + 0.5:
-            return
-        self.last_lease_check = now
-        for task_id in list(self.host_waits):
-            if self.tasks.get(task_id, {}).get("state") != RUNNING:
-                del self.host_waits[task_id]  # taken care of meanwhile
-        for task_id, doc in list(self.tasks.items()):
-            if doc["state"] != RUNNING or task_id in self.runs:
-                continue
-            if not self.in_scope(doc) or task_id in self.stale:
-                continue
-            if (doc.get("lease_until") or 0) < now and task_id not in self.recovering:
-                self.recover(doc, now)
-        for run in list(self.runs.values()):
-            if time.monotonic() - run.started > run.timeout + 30:
-                self.fence(run, "no answer from the host after the timeout")
-                reason = f"timeout after {run.timeout:g} s (the host did not end it)"
-                self.finish(run, "timeout", reason)
-
-    def recover(self, doc: dict[str, Any], now: float) -> None:
-        """A lease ran out: the master running the task stopped. If the task ended on its host
-        before that master wrote the result, the host kept it: record it rather than run the
-        task again. Otherwise the attempt is lost. A host that does not answer is waited for
-        HOST_GRACE_SECONDS: in that time it comes back (and is asked), or the task's process,
-        if it still runs there, has ended itself (its connection is gone), so the task never
-        runs on two hosts at once."""
-        lost = "lease expired: the master running it stopped"
-        attempts = doc.get("attempts") or []
-        state = self.hosts.get(attempts[-1]["host"]) if attempts else None
-        ours = state is not None and self.manages(state.doc) and state.doc.get("enabled")
-        if ours and not state.checked:
-            return  # this master has not reached the host yet: ask once it has
-        reachable = ours and state.ready and state.gateway
-        if ours and not reachable:
-            since = self.host_waits.setdefault(doc["_id"], now)
-            if now - since < HOST_GRACE_SECONDS:
-                return
-            lost += f"; its host did not answer for {HOST_GRACE_SECONDS:g} s"
-        self.host_waits.pop(doc["_id"], None)
-        if not reachable:
-            self.end_attempt(doc, "lost", lost)
-            return
-        self.recovering.add(doc["_id"])
-        threading.Thread(target=self._collect,
-                         args=(state.gateway, doc["_id"], len(attempts), attempt_id(doc)),
-                         daemon=True).start()
-
-    def _collect(self, gateway: Gateway, task_id: str, attempt: int, key: str) -> None:
-        """Thread: ask the host how the attempt ended."""
-        try:
-            kept = gateway.collect(key)
-        except HostUnreachable:
-            kept = None
-        self.events.put(("recovered", task_id, attempt, kept))
-
-    def recovered(self, task_id: str, attempt: int, kept: tuple | None) -> None:
-        self.recovering.discard(task_id)
-        doc = self.tasks.get(task_id)
-        if doc is None or doc["state"] != State.RUNNING.value or task_id in self.runs \
-                or len(doc.get("attempts") or []) != attempt:
-            return  # changed meanwhile: the feed brought what happened
-        lost = "lease expired: the master running it stopped"
-        if not kept or kept[0] == "lost":
-            self.end_attempt(doc, "lost", lost if not kept else f"{lost}; {kept[1]}")
-            return
-        host = doc["attempts"][-1]["host"]
-        log.info("task %s: its attempt %d ended on %s before its master stopped: recorded, "
-                 "not run again", task_id, attempt, host, extra={"task": task_id, "host": host})
-        self.record_outcome(doc, kind=kept[0], payload=kept[1], duration=None,
-                            note="result kept by the host after its master stopped")
-
-    def end_attempt(self, doc: dict[str, Any], outcome: str, reason: str) -> None:
-        """Close the last attempt of `doc` and requeue it, or end it `error` when it has
-        used up its attempts."""
-        at = now_iso()
-        attempts = doc.setdefault("attempts", [])
-        if attempts and attempts[-1].get("ended") is None:
-            attempts[-1].update(ended=at, outcome=outcome, reason=reason)
-        doc["lease_until"] = None
-        lost = [a for a in attempts if a.get("outcome") == "lost"]
-        if outcome == "lost" and len(lost) >= self.config.max_attempts:
-            reasons = "; ".join(a.get("reason", "") for a in lost)
-            doc.update(ended=at)
-            set_state(doc, State.ERROR, f"lost {len(lost)} times: {reasons}", at)
-        elif outcome in ("lost", "released"):
-            doc.update(host=None, started=None)
-            set_state(doc, State.PENDING, f"requeued: {reason}", at)
-            self.queued(doc)
-        self.dirty.add(doc["_id"])
-
     # -- claiming and dispatching ---------------------------------------------------------
-
-    def host_views(self, managed_only: bool) -> list[HostView]:
-        busy: dict[str, int] = {}
-        for run in self.runs.values():
-            busy[run.host] = busy.get(run.host, 0) + 1
-        views = []
-        for name, state in self.hosts.items():
-            doc = state.doc
-            if managed_only and not self.manages(doc):
-                continue
-            views.append(
-                HostView(
-                    name=name,
-                    platform=doc["platform"],
-                    slots=host_slots(doc),
-                    labels=tuple(doc.get("labels") or ()),
-                    facts=doc.get("facts") or {},
-                    enabled=bool(doc.get("enabled")),
-                    alive=state.ready,
-                    running=busy.get(name, 0),
-                )
-            )
-        return views
 
     def pending(self) -> list[PendingTask]:
         """The pending tasks this master may claim now (known rev, nothing left to write).
@@ -776,93 +527,6 @@ class Master:
             self.records.pop(next(iter(self.records)))  # the oldest first
         self.records[doc["name"]] = {k: v for k, v in doc.items() if not k.startswith("_")}
 
-    # -- results --------------------------------------------------------------------------
-
-    def task_message(self, key: tuple[str, int], message: tuple) -> None:
-        run = self.runs.get(key[0])
-        if run is None or run.key != key or run.fenced:
-            return  # a fenced attempt: what it says no longer counts
-        kind = message[0]
-        if kind == "started":
-            run.pid = message[1]
-        elif kind == "log":
-            run.log.add(message[1])
-        elif kind == "attach":
-            self.add_artifact(run, message[1], message[2], message[3])
-        elif kind in ENDINGS:
-            if kind == "lost" and run.host in self.hosts:
-                host = self.hosts[run.host]
-                host.next_check = 0.0  # is the host still there? ask now
-                if str(message[1]).startswith("connection"):
-                    host.ready = False  # no new task there until the check says it is back
-            self.finish(run, kind, message[1])
-
-    def add_artifact(self, run: Run, name: str, b64: str, content_type: str) -> None:
-        data = base64.b64decode(b64)
-        if name == "log.txt" or run.artifact_bytes + len(data) > MAX_ARTIFACT_BYTES:
-            run.log.add(f"[dirt: artifact {name!r} refused: reserved name or over 16 MB total]")
-            return
-        run.artifacts[name] = (content_type, data)
-        run.artifact_bytes += len(data)
-
-    def finish(self, run: Run, kind: str, payload: Any) -> None:
-        """An attempt ended: turn what the host said into the task's outcome."""
-        self.runs.pop(run.task_id, None)
-        doc = self.tasks.get(run.task_id)
-        if doc is None or not self.still_ours(doc, run):
-            return
-        self.attach_outputs(doc, run)
-        if kind == "released":
-            self.end_attempt(doc, "released", str(payload))
-            return
-        if kind == "lost":
-            log.warning("task %s: attempt %d on %s lost: %s", run.task_id, run.attempt,
-                        run.host, payload, extra={"task": run.task_id, "host": run.host})
-            self.end_attempt(doc, "lost", str(payload))
-            return
-        self.record_outcome(doc, kind, payload, duration=time.monotonic() - run.started)
-
-    def record_outcome(self, doc: dict[str, Any], kind: str, payload: Any,
-                       duration: float | None, note: str = "") -> None:
-        """The task's final state, reason and result from how its last attempt ended."""
-        state, reason, result = outcome_of(kind, payload)
-        end_task(doc, state, reason, result, now_iso(), duration, note)
-        host = doc["attempts"][-1].get("host")
-        log.info("task %s: %s on %s%s", doc["_id"], state.value, host,
-                 f": {reason}" if reason else "", extra={"task": doc["_id"], "host": host})
-        self.dirty.add(doc["_id"])
-
-    def attach_outputs(self, doc: dict[str, Any], run: Run) -> None:
-        attachments = dict(doc.get("_attachments") or {})
-        text = run.log.render()
-        if text or "log.txt" in attachments:  # a silent task stores no log (cheaper writes)
-            attachments["log.txt"] = inline_attachment(text, "text/plain; charset=utf-8")
-        for name, (content_type, data) in run.artifacts.items():
-            attachments[name] = inline_attachment(data, content_type)
-        if attachments:
-            doc["_attachments"] = attachments
-        run.log.dirty = False
-
-    def renew_runs(self, now: float) -> None:
-        """Renew the leases of running tasks, streaming their logs in the same write."""
-        renew_every = self.config.lease_seconds / 3
-        for run in self.runs.values():
-            doc = self.tasks.get(run.task_id)
-            if doc is None or run.task_id in self.dirty:
-                continue
-            due_log = run.log.dirty and now - run.last_write >= self.config.log_flush_seconds
-            if due_log or now - run.last_write >= renew_every:
-                doc["lease_until"] = now + self.config.lease_seconds
-                doc["attempts"][-1]["pid"] = run.pid
-                if run.log.dirty:
-                    doc["_attachments"] = dict(doc.get("_attachments") or {})
-                    doc["_attachments"]["log.txt"] = inline_attachment(
-                        run.log.render(), "text/plain; charset=utf-8"
-                    )
-                    run.log.dirty = False
-                run.last_write = now
-                self.dirty.add(run.task_id)
-
     def write(self, now: float, claim: bool = True) -> list[dict[str, Any]]:
         """One _bulk_docs per pass: results, lease renewals, host changes and new claims.
         Returns the claims won, to dispatch.
@@ -950,40 +614,6 @@ class Master:
             self.runs.pop(task_id, None)
         self.tasks.pop(task_id, None)
         self.update_task(theirs)
-
-    def refresh_host(self, name: str) -> None:
-        try:
-            doc = self.couch.get(f"host:{name}")
-        except DirtError:
-            return
-        state = self.hosts.get(name)
-        if state:
-            keep = {k: state.doc.get(k) for k in ("alive", "reason", "facts", "last_seen")}
-            state.doc = {**doc, **keep}
-            self.dirty_hosts.add(name)
-
-    def fence(self, run: Run, reason: str) -> None:
-        """End an attempt's remote process; nothing it says afterwards counts."""
-        if run.fenced:
-            return
-        run.fenced = True
-        log.info("task %s: ending its process on %s: %s", run.task_id, run.host, reason,
-                 extra={"task": run.task_id, "host": run.host})
-        try:
-            if run.channel is not None:
-                run.channel.send("kill")
-        except Exception:  # the channel is already gone: so is the process
-            pass
-
-    def release_all(self, reason: str) -> None:
-        """On shutdown: end what still runs and put it back to pending for another master."""
-        for run in list(self.runs.values()):
-            self.fence(run, reason)
-            self.runs.pop(run.task_id, None)
-            doc = self.tasks.get(run.task_id)
-            if doc is not None and self.still_ours(doc, run):
-                self.attach_outputs(doc, run)
-                self.end_attempt(doc, "released", reason)
 
     def flush_writes(self, deadline: float = 30.0) -> None:
         """Before exiting: write what is held, for a while if the database is down."""

@@ -5,21 +5,29 @@ waits for any of it.
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.policy
+import ipaddress
+import ssl
 import time
 from dataclasses import replace
 from textwrap import dedent
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from conftest import free_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from httpd import Recorder
 
 from dirt import client, hooks
-from dirt.errors import ConfigError
+from dirt.errors import ConfigError, NotificationFailed
 from dirt.master import Master
-from dirt.notify import Notifier
+from dirt.notify import Email, Message, Notifier
 from dirt.settings import (
     EmailSettings,
     MasterSettings,
@@ -319,3 +327,101 @@ def test_notify_settings_are_read_and_checked(tmp_path):
         config('[[notify.webhook]]\nurl = "chat.example.org"\n')
     with pytest.raises(ConfigError, match="notify.email.smtp_port: not a number"):
         config('[notify.email]\nto = ["a@b"]\nsmtp_port = "twenty-five"\n')
+
+
+# -- mail over TLS, with a login ------------------------------------------------------------
+
+
+def certificates(folder):
+    """A CA of the test's own and a certificate it signs for 127.0.0.1 (PEM files)."""
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def cert(subject, key, issuer, issuer_key, ca, extra=()):
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                  critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       issuer_key.public_key()), critical=False))
+        for extension in extra:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(name("dirt test CA"), ca_key, name("dirt test CA"), ca_key, True,
+              [x509.KeyUsage(False, False, False, False, False, True, True, False, False)])
+    server = cert(name("127.0.0.1"), key, ca.subject, ca_key, False, [
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                     x509.DNSName("localhost")])])
+    paths = {n: folder / f"{n}.pem" for n in ("ca", "cert", "key")}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+class SecureMailbox(Mailbox):
+    """A real SMTP server that speaks TLS (STARTTLS, or TLS from the first byte) and wants a
+    login over it."""
+
+    def __init__(self, certs, security: str) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certs["cert"], certs["key"])
+        self.logins: list[tuple[bytes, bool]] = []
+
+        def authenticator(server, session, envelope, mechanism, auth):
+            ok = (auth.login, auth.password) == (b"dirt", b"s3cret")
+            self.logins.append((auth.login, ok))
+            return AuthResult(success=ok, handled=False)
+
+        self.envelopes = []
+        tls = {"tls_context": context, "require_starttls": True} if security == "starttls" \
+            else {"ssl_context": context}
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port(),
+                                     authenticator=authenticator,
+                                     auth_require_tls=security == "starttls", **tls)
+        self.controller.start()
+        self.port = self.controller.port
+
+
+def ended(name: str) -> Message:
+    return Message("ended", {"name": name, "description": "", "submitter": "", "meta": {},
+                             "created": "2026-11-23T08:00:00.000000Z"},
+                   {"counts": {"success": 1}, "total": 1, "state": "success"}, [],
+                   f"https://dirt.example.org/records/{name}")
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_mail_over_tls_with_a_login(tmp_path, monkeypatch, security):
+    certs = certificates(tmp_path)
+    box = SecureMailbox(certs, security)
+    try:
+        config = EmailSettings(to=("team@example.org",), sender="dirt@example.org",
+                               smtp_host="127.0.0.1", smtp_port=box.port, security=security,
+                               username="dirt", password="s3cret")
+        # the server's certificate is checked: not trusted, nothing is sent, and it says why
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing-trusted.pem"))
+        with pytest.raises(NotificationFailed, match="CERTIFICATE_VERIFY_FAILED") as caught:
+            Email(config).send(ended("rev-1"), timeout=10)
+        assert not caught.value.permanent and box.envelopes == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(certs["ca"]))  # our CA: trusted
+        Email(config).send(ended("rev-2"), timeout=10)
+        (mail,) = box.messages
+        assert mail["Subject"] == "[dirt] rev-2: success (1 success)"
+        assert box.logins == [(b"dirt", True)]
+
+        wrong = replace(config, password="wrong")
+        with pytest.raises(NotificationFailed, match="SMTP: 535") as caught:
+            Email(wrong).send(ended("rev-3"), timeout=10)
+        assert caught.value.permanent and len(box.envelopes) == 1
+    finally:
+        box.close()
