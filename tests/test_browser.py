@@ -99,10 +99,6 @@ def shot(page, name: str) -> None:
 def test_pages_in_a_real_browser(farm, couch_server):
     couch, registry, base = farm
     submit_history(couch, registry)
-    client.submit(couch, registry, "rev-1234", [
-        "echo", "report", {"name": "sleep", "platform": "linux", "args": {"seconds": 7}},
-    ], description="Nightly build of <main> — escaped, not markup", submitter="alice",
-        meta={"revision": "1a2b3c4", "branch": "main"})
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
@@ -113,6 +109,12 @@ def test_pages_in_a_real_browser(farm, couch_server):
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # submitted once the browser is up (a cold start can take seconds): the page
+            # must find the sleep task still running
+            client.submit(couch, registry, "rev-1234", [
+                "echo", "report", {"name": "sleep", "platform": "linux", "args": {"seconds": 7}},
+            ], description="Nightly build of <main> — escaped, not markup", submitter="alice",
+                meta={"revision": "1a2b3c4", "branch": "main"})
 
             # Records: newest first, with the record just submitted
             page.goto(base + "/")
