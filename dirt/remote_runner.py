@@ -316,10 +316,9 @@ def take_worker(job):
 
 def take_spare(job):
     """A process for one run, forked before the run arrived, so that a task with a process
-    of its own does not wait for the fork and its set-up; the next one is forked when a run
-    ends (fork_spare). A spare idle for Worker.IDLE_SECONDS is let go (it would end itself
-    30 s later), so at most one process per gateway waits, and none after a minute without
-    runs."""
+    of its own does not wait for the fork and its set-up (3-5 ms); the next one is forked in
+    the background. A spare idle for Worker.IDLE_SECONDS is let go (it would end itself 30 s
+    later), so at most one process per gateway waits, and none after a minute without runs."""
     now = time.monotonic()
     with WORKERS_LOCK:
         spare = SPARES.pop() if SPARES else None
@@ -328,12 +327,11 @@ def take_spare(job):
         spare.retire()
         spare = None
     reap_retired()
+    threading.Thread(target=fork_spare, args=(job["parent"],), daemon=True).start()
     return spare or Worker(None, 1, job["parent"])
 
 
 def fork_spare(parent):
-    """After a run that had a process of its own: one for the next, unless one waits.
-    Forked once the run is over, not while the next run is being started."""
     with WORKERS_LOCK:
         if SPARES:
             return
@@ -536,8 +534,6 @@ def run(channel, job):
     remove_workdir(workdir)
     if not told:
         finish(channel, job, ending(timed_out, relay.outcome, returncode, job["timeout"]))
-    if isinstance(process, WorkerRun) and process.worker.key is None:
-        fork_spare(job["parent"])
 
 
 def finish(channel, job, final):
