@@ -218,11 +218,10 @@ def kill_session(pid):
 
 
 class Worker:
-    """A task process kept for further runs of one task module (its REUSE_PROCESS), or a
-    spare for one run (take_spare): forked ahead, it then gets each run's job, and that run's
-    output and messages pipes, over a unix socket (remote_child.serve). Ending a run closes
-    the pipes; the process waits for the next, or exits after its last. A run that is killed
-    (timeout, fence) ends the worker with it."""
+    """A task process kept for further runs of one task module (its REUSE_PROCESS): forked
+    once, it then gets each run's job, and that run's output and messages pipes, over a unix
+    socket (remote_child.serve). Ending a run closes the pipes; the process waits for the
+    next. A run that is killed (timeout, fence) ends the worker with it."""
 
     IDLE_SECONDS = 60.0  # an idle worker is let go after this
 
@@ -284,13 +283,7 @@ class Worker:
 
 WORKERS = {}  # (task, source digest) -> idle workers
 RETIRED = []  # let go, not reaped yet
-SPARES = []  # forked ahead of the next run that gets a process of its own (see take_spare)
 WORKERS_LOCK = threading.Lock()
-
-
-def reap_retired():
-    with WORKERS_LOCK:
-        RETIRED[:] = [w for w in RETIRED if w.poll() is None]
 
 
 def take_worker(job):
@@ -306,39 +299,12 @@ def take_worker(job):
             idle[:] = [w for w in idle if w not in gone]
             if not idle:
                 del WORKERS[pool_key]
+        RETIRED[:] = [w for w in RETIRED if w.poll() is None]
         idle = WORKERS.get(key)
         worker = idle.pop() if idle else None
     for w in expired:
         w.retire()
-    reap_retired()
     return worker or Worker(key, job["reuse"], job["parent"])
-
-
-def take_spare(job):
-    """A process for one run, forked before the run arrived, so that a task with a process
-    of its own does not wait for the fork and its set-up (3-5 ms); the next one is forked in
-    the background. A spare idle for Worker.IDLE_SECONDS is let go (it would end itself 30 s
-    later), so at most one process per gateway waits, and none after a minute without runs."""
-    now = time.monotonic()
-    with WORKERS_LOCK:
-        spare = SPARES.pop() if SPARES else None
-    if spare is not None and (now - spare.idle_since > Worker.IDLE_SECONDS
-                              or spare.poll() is not None):
-        spare.retire()
-        spare = None
-    reap_retired()
-    threading.Thread(target=fork_spare, args=(job["parent"],), daemon=True).start()
-    return spare or Worker(None, 1, job["parent"])
-
-
-def fork_spare(parent):
-    with WORKERS_LOCK:
-        if SPARES:
-            return
-    spare = Worker(None, 1, parent)
-    spare.idle_since = time.monotonic()
-    with WORKERS_LOCK:
-        SPARES.append(spare)
 
 
 def keep_worker(worker):
@@ -402,18 +368,11 @@ class WorkerRun:
 
 
 def start_process(job):
-    """The process for one run: a kept worker where the task module asks for reuse, else a
-    process of its own, forked ahead (a spare) where the host can fork and pass descriptors
-    (Python 3.9+), else forked or started now."""
-    if not (hasattr(os, "fork") and hasattr(socket, "send_fds")):
-        return TaskProcess(job)
-    try:
-        load_child()["compiled"](job)  # here, so that processes forked later inherit it
-    except SyntaxError:
-        pass  # the task process reports it, with the task's traceback
-    if job.get("reuse", 1) > 1:
+    """The process for one run: a kept worker where the task module asks for reuse and the
+    host can fork and pass descriptors, else a process of its own."""
+    if job.get("reuse", 1) > 1 and hasattr(os, "fork") and hasattr(socket, "send_fds"):
         return WorkerRun(take_worker(job), job)
-    return WorkerRun(take_spare(job), job)
+    return TaskProcess(job)
 
 
 class Killer:
