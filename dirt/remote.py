@@ -29,13 +29,13 @@ RUNNER_SOURCE = Path(remote_runner.__file__).read_text()
 # The runner is installed once per gateway as a module; each task then costs a two-line
 # remote_exec instead of compiling the runner again.
 INSTALL_RUNNER = """
-import sys, types
+import sys, threading, types
 source, child = channel.receive()
 module = types.ModuleType("dirt_remote_runner")
 module.CHILD_SOURCE = child
 exec(compile(source, "dirt/remote_runner.py", "exec"), module.__dict__)
 sys.modules["dirt_remote_runner"] = module
-module.prune_results()
+threading.Thread(target=module.prune_results, daemon=True).start()
 channel.send("installed")
 """
 RUN_TASK = "import sys\nsys.modules['dirt_remote_runner'].run(channel, channel.receive())\n"

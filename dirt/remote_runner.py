@@ -34,22 +34,27 @@ RESULTS = os.path.join(tempfile.gettempdir(), "dirt-results-{}".format(
     os.getuid() if hasattr(os, "getuid") else "user"))
 
 
-def result_path(attempt_id):
-    name = hashlib.sha256(attempt_id.encode("utf-8")).hexdigest()
-    return os.path.join(RESULTS, name + ".json")
+def result_name(attempt_id):
+    return hashlib.sha256(attempt_id.encode("utf-8")).hexdigest() + ".json"
+
+
+def day(ts=None):
+    """The folder of the outcomes kept on one (UTC) day: a day's are let go at once."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 def keep_result(job, message):
     """Keep how an attempt ended on the host, so that a master taking over from one that
     died after the task ended (before it wrote the result) records it instead of running the
-    task again."""
-    path = result_path(job["attempt_id"])
+    task again. Kept in a folder per day, for KEEP_RESULTS_SECONDS."""
+    folder = os.path.join(RESULTS, day())
+    path = os.path.join(folder, result_name(job["attempt_id"]))
     try:
         data = json.dumps(list(message)).encode("utf-8")
         try:
             fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except FileNotFoundError:
-            os.makedirs(RESULTS, mode=0o700, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
             fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
@@ -62,25 +67,37 @@ def keep_result(job, message):
 
 def collect(attempt_id):
     """How attempt `attempt_id` (documents.attempt_id) ended on this host, or None if it
-    never ended here."""
-    try:
-        with open(result_path(attempt_id)) as kept:
-            return json.load(kept)
-    except (OSError, ValueError):
-        return None
+    never ended here (or longer ago than KEEP_RESULTS_SECONDS)."""
+    name = result_name(attempt_id)
+    now = time.time()
+    days = sorted({day(now - back * 86400) for back in range(KEEP_RESULTS_SECONDS // 86400 + 2)},
+                  reverse=True)
+    for path in [os.path.join(RESULTS, d, name) for d in days] + [os.path.join(RESULTS, name)]:
+        try:
+            with open(path) as kept:  # the last path: where earlier runners kept them
+                return json.load(kept)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def prune_results():
-    """Forget kept outcomes older than a week (run when the runner is installed)."""
+    """Forget the days of kept outcomes older than KEEP_RESULTS_SECONDS. Started in a thread
+    when the runner is installed: a busy host keeps an outcome per task, and a gateway's
+    start must not wait for a walk over them."""
     try:
         names = os.listdir(RESULTS)
     except OSError:
         return
-    old = time.time() - KEEP_RESULTS_SECONDS
+    oldest = day(time.time() - KEEP_RESULTS_SECONDS)
     for name in names:
         path = os.path.join(RESULTS, name)
-        try:
-            if os.path.getmtime(path) < old:
+        if len(name) == 10 and name[4] == "-" and name[7] == "-":  # a day's folder
+            if name < oldest:
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        try:  # an outcome kept flat, by an earlier runner
+            if os.path.getmtime(path) < time.time() - KEEP_RESULTS_SECONDS:
                 os.remove(path)
         except OSError:
             pass

@@ -4,6 +4,7 @@ module with REUSE_PROCESS, in a kept worker process. Real execnet popen gateways
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import time
 
@@ -181,3 +182,35 @@ def test_an_outcome_is_kept_by_its_attempt_id_only(gateway):
     assert ended[0] == "result"
     assert gateway.collect(job.attempt_id) == ended
     assert gateway.collect(job.attempt_id.replace("master-a", "master-b")) is None
+
+
+def test_kept_outcomes_are_let_go_a_day_at_a_time(gateway, tmp_path):
+    results = tmp_path / "results"
+    runner = "import sys\nrunner = sys.modules['dirt_remote_runner']\n"
+    gateway.gateway.remote_exec(runner + "runner.RESULTS = channel.receive()").send(str(results))
+    runs = Runs(gateway)
+    job = Job(task_id="task:r:pid:linux:d", task="pid", platform="linux", source=PID_TASK,
+              record={"name": "r"}, args={"n": 0}, timeout=None, attempt=1, reuse=1,
+              attempt_id=f"task:r:pid:linux:d:1:master-a:{time.time()}")
+    runs.messages[0] = []
+    runs.channels[0] = gateway.start(job, runs.events, 0)
+    ended = runs.wait(0)
+    (today,) = [p for p in results.iterdir() if p.is_dir()]
+    assert [p.suffix for p in today.iterdir()] == [".json"]
+    old_day = results / "2000-01-01"
+    old_day.mkdir()
+    (old_day / "x.json").write_text('["result", {}]')
+    name = gateway.gateway.remote_exec(runner + "channel.send(runner.result_name('legacy'))")
+    flat = results / name.receive(10)  # kept by an earlier runner, without a day's folder
+    flat.write_text('["result", {"success": true, "reason": "kept flat"}]')
+    stale = results / ("0" * 64 + ".json")
+    stale.write_text('["result", {}]')
+    week_ago = time.time() - 8 * 86400
+    os.utime(stale, (week_ago, week_ago))
+
+    gateway.gateway.remote_exec(runner + "runner.prune_results()").waitclose(10)
+    assert not old_day.exists() and not stale.exists()
+    assert today.exists() and flat.exists()
+    assert gateway.collect(job.attempt_id) == ended
+    assert gateway.collect("legacy") == ("result", {"success": True, "reason": "kept flat"})
+    assert gateway.collect("never ran here") is None
