@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dirt.diagnose import check_ssh, explain
@@ -40,6 +40,8 @@ class HostState:
     checked: bool = False  # this master has checked the host at least once
     checking: bool = False
     next_check: float = 0.0
+    # attempts that ended here and whose results are written: told with the next task
+    forget: list[str] = field(default_factory=list)
 
 
 class HostHealth:

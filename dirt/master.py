@@ -487,7 +487,8 @@ class Master(HostHealth, Leases, Results):
             if module is None:
                 self.finish(run, "error", f"task {doc['name']!r} is no longer registered")
                 continue
-            gateway = self.hosts[doc["host"]].gateway
+            host = self.hosts[doc["host"]]
+            gateway = host.gateway
             job = Job(
                 task_id=doc["_id"],
                 task=doc["name"],
@@ -499,7 +500,9 @@ class Master(HostHealth, Leases, Results):
                 attempt=run.attempt,
                 reuse=module.reuse,
                 attempt_id=attempt_id(doc),
+                forget=host.forget,
             )
+            host.forget = []
             try:
                 if gateway is None:
                     raise HostUnreachable(f"host {doc['host']}: no gateway")
@@ -578,6 +581,7 @@ class Master(HostHealth, Leases, Results):
             self.dirty.discard(task_id)
             if doc["state"] not in ACTIVE and task_id not in self.runs:
                 self.tasks.pop(task_id, None)
+                self.forget_outcome(doc)
                 self.tell("task_ended", doc)
             return
         if answer["error"] != "conflict":
@@ -586,6 +590,16 @@ class Master(HostHealth, Leases, Results):
             self.dirty.discard(task_id)
             return
         self.merge_conflict(doc)
+
+    def forget_outcome(self, doc: dict[str, Any]) -> None:
+        """The task's result is in the database: its host no longer needs to keep how the
+        attempt ended (remote_runner.keep_result). Told with the next task sent there, so it
+        costs no message of its own; what is never told is let go after a week."""
+        attempts = doc.get("attempts") or []
+        state = self.hosts.get(attempts[-1].get("host")) if attempts else None
+        if state is not None:
+            state.forget.append(attempt_id(doc))
+            del state.forget[:-1000]
 
     def merge_conflict(self, mine: dict[str, Any]) -> None:
         """Somebody else wrote a task we were writing: if it is still ours, write ours over

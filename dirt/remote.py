@@ -100,6 +100,8 @@ class Job:
     reuse: int = 1  # runs one task process may serve (the module's REUSE_PROCESS)
     # documents.attempt_id: the host keeps the outcome by it (the master always names it)
     attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # attempts whose results are in the database: the host may let their kept outcomes go
+    forget: list[str] = field(default_factory=list)
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class Job:
             "attempt": self.attempt,
             "reuse": self.reuse,
             "attempt_id": self.attempt_id,
+            "forget": self.forget,
         }
 
 

@@ -81,6 +81,21 @@ def collect(attempt_id):
     return None
 
 
+def forget_results(attempt_ids):
+    """Let go of kept outcomes whose results the master has written (told with a later
+    task): a busy host keeps a few files, not one per task of the last week."""
+    now = time.time()
+    days = {day(now), day(now - 86400)}  # written seconds after they were kept
+    for attempt_id in attempt_ids:
+        name = result_name(attempt_id)
+        for folder in days:
+            try:
+                os.remove(os.path.join(RESULTS, folder, name))
+                break
+            except OSError:
+                continue
+
+
 def prune_results():
     """Forget the days of kept outcomes older than KEEP_RESULTS_SECONDS. Started in a thread
     when the runner is installed: a busy host keeps an outcome per task, and a gateway's
@@ -510,6 +525,7 @@ def run(channel, job):
     remove_workdir(workdir)
     if not told:
         finish(channel, job, ending(timed_out, relay.outcome, returncode, job["timeout"]))
+    forget_results(job.get("forget") or ())
 
 
 def finish(channel, job, final):

@@ -14,7 +14,7 @@ from textwrap import dedent
 
 import pytest
 
-from dirt import client
+from dirt import client, documents, remote_runner
 from dirt.couch import Couch
 from dirt.documents import FINAL
 from dirt.master import Master
@@ -503,3 +503,25 @@ def test_cancel_ends_the_running_process(farm, tmp_path):
     assert final == ["cancelled"]
     assert len(doc["attempts"]) == 1
     assert doc["attempts"][0]["outcome"] in (None, "cancelled")
+
+
+def test_the_host_lets_kept_outcomes_go_once_their_results_are_written(farm):
+    def kept(task_id: str) -> Path:
+        name = remote_runner.result_name(documents.attempt_id(farm.doc(task_id)))
+        return Path(remote_runner.RESULTS) / remote_runner.day() / name
+
+    farm.host()
+    master = farm.master()
+    outcomes = []
+    for n in range(3):  # one after another: each next task tells the host what was written
+        (task,) = farm.submit(f"r{n}", "echo")
+        farm.run_until(master, lambda t=task: farm.doc(t["_id"])["state"] == "success",
+                       what=f"task {n} to succeed")
+        farm.drain(master)
+        outcomes.append(kept(task["_id"]))
+        assert outcomes[-1].exists()  # kept on the host, in case its master dies now
+    deadline = time.monotonic() + 10
+    while outcomes[1].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # let go after the third task ran
+    assert not outcomes[0].exists() and not outcomes[1].exists()
+    assert outcomes[2].exists()  # its result is written too: let go with the next task
