@@ -142,7 +142,9 @@ def test_pages_in_a_real_browser(farm, couch_server):
             expect(log).to_contain_text(f"slept {shown + 1} of 7")  # a line it did not have
             assert log.inner_text().startswith(first)
             shot(task_page, "task-running")
-            expect(task_page.locator("#live .summary .badge")).to_have_text("success")
+            # the task runs its 7 s first (more than expect's own 5 s)
+            expect(task_page.locator("#live .summary .badge")).to_have_text(
+                "success", timeout=TIMEOUT_MS)
             expect(log).to_contain_text("slept 6 of 7")
             expect(task_page.locator("#log-state")).to_contain_text("ended: success")
             assert task_page.evaluate("window.stillHere") is True
