@@ -64,6 +64,16 @@ class Runs:
         self.messages[n] = []
         self.channels[n] = self.gateway.start(job, self.events, n)
 
+    def attempt(self, n: int, key: str) -> Job:
+        """Start run `n` as the master does, named by its claim (documents.attempt_id)."""
+        job = Job(task_id=f"task:r:pid:linux:{key}", task="pid", platform="linux",
+                  source=PID_TASK, record={"name": "r"}, args={"n": n}, timeout=None,
+                  attempt=1, reuse=1,
+                  attempt_id=f"task:r:pid:linux:{key}:1:master-a:{time.time()}")
+        self.messages[n] = []
+        self.channels[n] = self.gateway.start(job, self.events, n)
+        return job
+
     def wait(self, n: int, timeout: float = 30.0) -> tuple:
         """The run's last message (how it ended); its channel is let go, as the master
         does."""
@@ -173,11 +183,7 @@ def test_an_outcome_is_kept_by_its_attempt_id_only(gateway):
     # a master taking over asks the host how an attempt ended; an attempt with the same task
     # id and number from another claim (a re-created record, another database) is not it
     runs = Runs(gateway)
-    job = Job(task_id="task:r:pid:linux:k", task="pid", platform="linux", source=PID_TASK,
-              record={"name": "r"}, args={"n": 0}, timeout=None, attempt=1, reuse=1,
-              attempt_id=f"task:r:pid:linux:k:1:master-a:{time.time()}")
-    runs.messages[0] = []
-    runs.channels[0] = gateway.start(job, runs.events, 0)
+    job = runs.attempt(0, "k")
     ended = runs.wait(0)
     assert ended[0] == "result"
     assert gateway.collect(job.attempt_id) == ended
@@ -189,11 +195,7 @@ def test_kept_outcomes_are_let_go_a_day_at_a_time(gateway, tmp_path):
     runner = "import sys\nrunner = sys.modules['dirt_remote_runner']\n"
     gateway.gateway.remote_exec(runner + "runner.RESULTS = channel.receive()").send(str(results))
     runs = Runs(gateway)
-    job = Job(task_id="task:r:pid:linux:d", task="pid", platform="linux", source=PID_TASK,
-              record={"name": "r"}, args={"n": 0}, timeout=None, attempt=1, reuse=1,
-              attempt_id=f"task:r:pid:linux:d:1:master-a:{time.time()}")
-    runs.messages[0] = []
-    runs.channels[0] = gateway.start(job, runs.events, 0)
+    job = runs.attempt(0, "d")
     ended = runs.wait(0)
     (today,) = [p for p in results.iterdir() if p.is_dir()]
     assert [p.suffix for p in today.iterdir()] == [".json"]
