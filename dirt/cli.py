@@ -8,10 +8,13 @@ Usage:
   dirt hosts (remove|enable|disable) <name> [options]
   dirt hosts check [<name>] [options]
   dirt tasks [--json] [options]
-  dirt submit <record> [<task>...] [--file=<path>] [--meta=<kv>]... [--description=<text>] [--submitter=<who>] [--wait] [options]
+  dirt submit <record> [<task>...] [--file=<path>] [--meta=<kv>]... [--description=<text>] [--submitter=<who>] [--wait] [--timeout=<s>] [options]
+  dirt wait <record> [--timeout=<s>] [options]
   dirt status [<record>] [--json] [--limit=<n>] [options]
   dirt cancel <record> [<task>] [options]
-  dirt rerun <record> [<task>] [options]
+  dirt rerun <record> [<task>] [--failed] [--as=<new>] [options]
+  dirt log <record> <task> [--follow] [options]
+  dirt artifacts <record> [<task>] [--get=<name>] [--output=<dir>] [--json] [options]
   dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [--metrics-port=<n>] [options]
   dirt web [--host=<h>] [--port=<n>] [options]
   dirt replicate (<url> [--continuous] [--pull] | --list [--json] | --cancel=<id>) [options]
@@ -23,10 +26,13 @@ Commands:
   couch     The embedded CouchDB-compatible server: start, stop, status, or print its URL.
   hosts     Register, list, remove, enable and disable execution hosts.
   tasks     The registered task modules of the project, with their platforms.
-  submit    Create a record with its tasks (task or task@platform, or --file).
+  submit    Create a record with its tasks (name[@platform][:key], or --file).
+  wait      Wait until a record's tasks have ended; exit with their verdict.
   status    Records with counts by state; one record's tasks with state, host, reason.
-  cancel    Cancel a record's pending and running tasks (or one task).
-  rerun     Make a record's ended tasks (or one task) pending again.
+  cancel    Cancel a record's pending and running tasks (or some).
+  rerun     Run a record's ended tasks again (or some, or the failed), or as a new record.
+  log       A task's log; --follow follows a running task to its end.
+  artifacts A record's artifacts (or one task's); --get writes them to files.
   serve     Run the master: claim pending tasks and run them on the hosts.
   web       Serve the results web page.
   replicate Replicate the database to or from another CouchDB (kept across restarts).
@@ -35,23 +41,42 @@ Options:
   --project=<dir>   The project folder (default: $DIRT_PROJECT, else this folder or a parent).
   -v --verbose      Log more (debug level).
   --log-format=<f>  Log lines as text, or json (one object a line) [default: text].
+  -o --output=<dir>  Where `dirt artifacts --get` writes.
   -h --help         Show this help (`dirt <command> --help` for one command).
+
+Exit status: 0 all tasks passed (or the command did what it was asked), 1 some task failed,
+2 some task ended error, cancelled or unschedulable, 3 dirt could not do it (the database does
+not answer, a wait ran out of time, an internal error), 4 bad usage or input (nothing written).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from docopt import DocoptExit, docopt
 
 from dirt import __version__, client, couchapp, embedded, logs
 from dirt.couch import safe_url
-from dirt.documents import State
-from dirt.errors import DirtError, Forbidden, InvalidHost, InvalidRecord
+from dirt.documents import FINAL, State, attention_order, task_spec
+from dirt.errors import (
+    BAD_INPUT,
+    NOT_DONE,
+    DatabaseUnavailable,
+    DirtError,
+    Forbidden,
+    InvalidHost,
+    InvalidRecord,
+    NotAProject,
+    UsageError,
+    WaitTimeout,
+)
 from dirt.settings import Settings, load
 
 HELP = {
@@ -93,27 +118,57 @@ The task modules in the project's tasks/ folder, with their PLATFORMS and TIMEOU
     "submit": """Usage: dirt submit <record> [<task>...] [--file=<path>] [--meta=<k=v>]...
                    [--description=<text>] [--submitter=<who>] [--wait]
 
-Create the record <record> and one task per task name and platform. `name@platform` picks a
-platform; a bare name runs on the module's PLATFORMS, else on every registered platform.
---file reads the record from JSON or YAML (description, submitter, meta, tasks with args and
-requires; see docs/records.md). --wait shows progress until every task has ended and exits
-0 when all passed, 1 when some failed, 2 when some ended in error, unschedulable or
-cancelled. Nothing is written when anything is wrong.
+Create the record <record> and one task per task name and platform. A task is named
+`name[@platform][:key]`: `@platform` picks a platform (a bare name runs on the module's
+PLATFORMS, else on every registered platform); `:key` tells several runs of one module apart.
+--file reads the record from JSON or YAML (description, submitter, meta, tasks with args,
+requires and key; see docs/records.md). Nothing is written when anything is wrong (exit 4).
+
+--wait shows progress until every task the record was submitted with has ended, then exits
+like `dirt wait`: 0 all passed, 1 some failed, 2 some ended error, unschedulable or
+cancelled, 3 not all ended within --timeout seconds (default: no limit) or dirt could not
+tell.
+""",
+    "wait": """Usage: dirt wait <record> [--timeout=<s>]
+
+Wait until every task the record was submitted with is seen in a final state, showing
+progress, then print its tasks. Exits 0 when all passed, 1 when some failed, 2 when some
+ended error, unschedulable or cancelled, 3 when --timeout seconds ran out first (or the
+database stayed away that long: a blip is waited out). A record whose tasks are not all in
+the database is never passed.
 """,
     "status": """Usage: dirt status [<record>] [--json] [--limit=<n>]
 
 Without <record>: the newest records with their counts by state. With it: the record's tasks
-with state, host, duration, attempts and reason. --json prints the documented JSON shape
+with state, host, duration, attempts and reason, failed and error tasks first. --json prints the documented JSON shape
 (docs/cli.md). --limit is how many records [default: 20].
 """,
     "cancel": """Usage: dirt cancel <record> [<task>]
 
-Cancel the record's pending and running tasks, or one task (name or name@platform). A running
+Cancel the record's pending and running tasks, or those <task> names: name[@platform][:key],
+where a name without a key names the task without one and `name:*` every key. A running
 task's process is ended on its host.
 """,
-    "rerun": """Usage: dirt rerun <record> [<task>]
+    "rerun": """Usage: dirt rerun <record> [<task>] [--failed] [--as=<new>]
 
-Make the record's ended tasks (or one task) pending again; their earlier attempts are kept.
+Make the record's ended tasks (or those <task> names, as for cancel) pending again. Each task
+keeps its earlier run (state, reason, result, host) under "Earlier runs" and its attempts.
+
+  --failed     Only the tasks that did not pass: failed, error, cancelled, unschedulable.
+  --as=<new>   Leave the record as it is and submit its tasks (same names, platforms, keys,
+               args and requirements) as the new record <new>, so the history keeps both.
+""",
+    "log": """Usage: dirt log <record> <task> [--follow]
+
+Print a task's log (<task> as for cancel: name[@platform][:key]). --follow keeps printing
+what a running task writes until it ends, and then exits like `dirt wait` for that task.
+""",
+    "artifacts": """Usage: dirt artifacts <record> [<task>] [--get=<name>] [--output=<dir>] [--json]
+
+List the artifacts of a record's tasks (or of those <task> names): task, name, type, size.
+--get writes the artifacts of that name (a pattern: --get='*.xml', --get='*') to files in
+--output (default: this folder); with more than one task each goes to <dir>/<task>/<name>.
+--output=- writes one artifact to standard output.
 """,
     "serve": """Usage: dirt serve [--drain] [--platform=<p>]... [--hosts=<names>] [--metrics-port=<n>]
 
@@ -154,6 +209,7 @@ log = logging.getLogger("dirt.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status is the table in the module's usage (docs/cli.md)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in HELP and ("-h" in argv or "--help" in argv):
         print(HELP[argv[0]].rstrip())
@@ -162,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         args = docopt(__doc__, argv=argv, version=f"dirt {__version__}")
     except DocoptExit as exc:
         print(str(exc).strip(), file=sys.stderr)
-        return 2
+        return BAD_INPUT
     try:
         logs.setup(logging.DEBUG if args["--verbose"] else logging.INFO, args["--log-format"])
     except ValueError as exc:
         print(f"dirt: error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     if not args["--verbose"]:
         for noisy in ("urllib3", "paramiko"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -175,25 +231,33 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(args)
     except DirtError as exc:
         print(f"dirt: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `dirt status | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
+    except Exception:
+        log.exception("dirt: internal error (a bug: please report it with this trace)")
+        return NOT_DONE
+
+
+PIPE_CLOSED = 141  # as a shell reports a command ended by SIGPIPE
 
 
 def dispatch(args: dict[str, Any]) -> int:
     if args["create"]:
         return cmd_create(args)
     settings = load(args["--project"])
-    for name in ("couch", "hosts", "tasks", "submit", "status", "cancel", "rerun", "serve",
-                 "web", "replicate"):
+    for name, command in COMMANDS.items():
         if args[name]:
-            return COMMANDS[name](args, settings)
+            return command(args, settings)
     raise AssertionError("docopt let through an unknown command")
 
 
 def needs_project(settings: Settings) -> None:
     if settings.project is None:
-        raise DirtError(
+        raise NotAProject(
             "not in a dirt project (no dirt.toml here or above): "
             "run `dirt create <path>`, cd into a project, or pass --project"
         )
@@ -238,7 +302,7 @@ def cmd_couch(args: dict[str, Any], settings: Settings) -> int:
     else:
         status = embedded.status(settings)
         if not status.running:
-            raise DirtError("the embedded server is not running: dirt couch start")
+            raise DatabaseUnavailable("the embedded server is not running: dirt couch start")
         print(status.url)
     return 0
 
@@ -297,7 +361,7 @@ def check_hosts(couch: Any, settings: Settings, name: str | None) -> int:
 def single(values: list[str], option: str) -> str:
     """An option that docopt collects as a list (it is repeatable for another command)."""
     if len(values) > 1:
-        raise DirtError(f"{option} is given {len(values)} times; give it once")
+        raise UsageError(f"{option} is given {len(values)} times; give it once")
     return values[0] if values else ""
 
 
@@ -358,19 +422,49 @@ def cmd_submit(args: dict[str, Any], settings: Settings) -> int:
         submitter=args["--submitter"] or spec.get("submitter") or getpass.getuser(),
         meta=meta,
     )
-    print(f"record {record['name']}: {len(docs)} tasks submitted "
-          f"({', '.join(d['name'] + '@' + d['platform'] for d in docs)})")
+    print(submitted(record, docs))
     if not args["--wait"]:
         return 0
-    status = client.wait(couch, record["name"], on_progress=print_progress)
+    return wait_and_show(couch, record["name"], args)
+
+
+def submitted(record: dict[str, Any], docs: list[dict[str, Any]]) -> str:
+    return (f"record {record['name']}: {len(docs)} tasks submitted "
+            f"({', '.join(task_spec(d) for d in docs)})")
+
+
+def wait_and_show(couch: Any, name: str, args: dict[str, Any]) -> int:
+    """Wait for the record, show its tasks, exit with their verdict (3: no verdict)."""
+    timeout = seconds(args["--timeout"], "--timeout") if args["--timeout"] else None
+    try:
+        status = client.wait(couch, name, timeout=timeout, on_progress=print_progress)
+    except WaitTimeout:
+        print(status_table(client.record_status(couch, name)))
+        raise
     print(status_table(status))
     return client.exit_code(status)
+
+
+def seconds(value: str, option: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise UsageError(f"{option} takes a number of seconds, not {value!r}")
+    return number
 
 
 def print_progress(status: dict[str, Any]) -> None:
     record = status["record"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].items()))
-    print(f"{record['name']}: {counts}", flush=True)
+    missing = len(record["missing"])
+    print(f"{record['name']}: {counts or 'no tasks seen'}"
+          + (f", {missing} not in the database yet" if missing else ""), flush=True)
+
+
+def cmd_wait(args: dict[str, Any], settings: Settings) -> int:
+    return wait_and_show(client.connect(settings=settings), args["<record>"], args)
 
 
 def cmd_status(args: dict[str, Any], settings: Settings) -> int:
@@ -379,10 +473,7 @@ def cmd_status(args: dict[str, Any], settings: Settings) -> int:
         status = client.record_status(couch, args["<record>"])
         print(json.dumps(status, indent=2) if args["--json"] else status_table(status))
         return 0
-    try:
-        limit = int(args["--limit"] or 20)
-    except ValueError:
-        raise DirtError("--limit takes a whole number") from None
+    limit = whole_number(args["--limit"] or "20", "--limit")
     records = client.list_records(couch, limit=limit)
     if args["--json"]:
         print(json.dumps({"records": records}, indent=2))
@@ -395,18 +486,24 @@ def cmd_status(args: dict[str, Any], settings: Settings) -> int:
 
 
 def status_table(status: dict[str, Any]) -> str:
+    """A record's tasks, failed and error first, and the tasks it lacks."""
     record = status["record"]
     head = f"record {record['name']}: {record['state']} ({record['total']} tasks)"
-    rows = [[t["name"] + (f":{t['key']}" if t.get("key") else ""), t["platform"], t["state"],
-             t.get("host") or "", f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
-             t.get("attempts") or 0, (t.get("reason") or "")[:70]] for t in status["tasks"]]
-    return head + "\n" + table(
-        ["task", "platform", "state", "host", "duration", "attempts", "reason"], rows)
+    rows = [[t["spec"], t["state"], t.get("host") or "",
+             f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
+             t.get("attempts") or 0, (t.get("reason") or "")[:70]]
+            for t in attention_order(status["tasks"])]
+    rows += [[task_id, "missing", "", "", "", "submitted with the record, not in the database"]
+             for task_id in record.get("missing") or []]
+    return head + "\n" + table(["task", "state", "host", "duration", "attempts", "reason"], rows)
 
 
 def one_task(args: dict[str, Any]) -> str | None:
-    """<task> is a list for docopt (submit takes several); cancel and rerun take one."""
-    return args["<task>"][0] if args["<task>"] else None
+    """<task> is a list for docopt (submit takes several); the other commands take one."""
+    tasks = args["<task>"]
+    if len(tasks) > 1:
+        raise UsageError(f"give one task spec, not {len(tasks)} ({' '.join(tasks)})")
+    return tasks[0] if tasks else None
 
 
 def cmd_cancel(args: dict[str, Any], settings: Settings) -> int:
@@ -418,8 +515,75 @@ def cmd_cancel(args: dict[str, Any], settings: Settings) -> int:
 
 def cmd_rerun(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
-    count = client.rerun(couch, args["<record>"], one_task(args))
+    if args["--as"]:
+        needs_project(settings)
+        record, docs = client.rerun_as(
+            couch, client.Registry(settings.tasks_dir), args["<record>"], args["--as"],
+            one_task(args), failed=args["--failed"], submitter=getpass.getuser(),
+        )
+        print(submitted(record, docs) + f", a re-run of {args['<record>']}")
+        return 0
+    count = client.rerun(couch, args["<record>"], one_task(args), failed=args["--failed"])
     print(f"record {args['<record>']}: {count} tasks pending again")
+    return 0
+
+
+VERDICT = {State.SUCCESS: 0, State.FAILED: 1}  # any other final state: 2
+
+
+def cmd_log(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    record, task = args["<record>"], one_task(args) or ""
+    if not args["--follow"]:
+        sys.stdout.write(client.task_log(couch, record, task)["text"])
+        return 0
+    part: dict[str, Any] = {}
+    for part in client.follow_log(couch, record, task):
+        if part["reset"] and part["offset"] == 0 and part["size"]:
+            print(f"[dirt: the log of {part['spec']} started again]", file=sys.stderr)
+        sys.stdout.write(part["text"])
+        sys.stdout.flush()
+    state = State(part["state"])
+    print(f"[dirt: {part['spec']} {state}]", file=sys.stderr)
+    return VERDICT.get(state, 2) if state in FINAL else NOT_DONE
+
+
+def cmd_artifacts(args: dict[str, Any], settings: Settings) -> int:
+    couch = client.connect(settings=settings)
+    record, task = args["<record>"], one_task(args)
+    files = client.artifacts(couch, record, task)
+    if args["--get"]:
+        return get_artifacts(couch, record, files, args["--get"], args["--output"] or ".")
+    if args["--json"]:
+        print(json.dumps(files, indent=2))
+    else:
+        print(table(["task", "name", "type", "size"],
+                    [[f["task"], f["name"], f["content_type"], f["length"]] for f in files]))
+    return 0
+
+
+def get_artifacts(couch: Any, record: str, files: list[dict[str, Any]], pattern: str,
+                  output: str) -> int:
+    """Write the artifacts whose name matches `pattern` under `output` (`-`: stdout)."""
+    chosen = [f for f in files if fnmatch.fnmatchcase(f["name"], pattern)]
+    if not chosen:
+        raise InvalidRecord(f"record {record}: no artifact named {pattern!r}"
+                            + (f" (there are: {', '.join(sorted({f['name'] for f in files})[:8])})"
+                               if files else " (it has none)"))
+    if output == "-":
+        if len(chosen) > 1:
+            raise UsageError(f"--output=- writes one artifact; {pattern!r} names {len(chosen)}")
+        sys.stdout.buffer.write(client.get_artifact(couch, record, chosen[0]["task"],
+                                                    chosen[0]["name"]))
+        sys.stdout.flush()
+        return 0
+    several_tasks = len({f["task"] for f in chosen}) > 1
+    targets = [(f, Path(output) / (Path(f["task"]) if several_tasks else Path())
+                / client.safe_path(f["name"])) for f in chosen]  # all checked before writing
+    for file, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(client.get_artifact(couch, record, file["task"], file["name"]))
+        print(f"{target} ({file['length']} bytes, {file['task']})")
     return 0
 
 
@@ -458,7 +622,7 @@ def whole_number(value: str, option: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DirtError(f"{option} takes a whole number, not {value!r}") from None
+        raise UsageError(f"{option} takes a whole number, not {value!r}") from None
 
 
 def cmd_web(args: dict[str, Any], settings: Settings) -> int:
@@ -514,6 +678,9 @@ COMMANDS = {
     "status": cmd_status,
     "cancel": cmd_cancel,
     "rerun": cmd_rerun,
+    "wait": cmd_wait,
+    "log": cmd_log,
+    "artifacts": cmd_artifacts,
     "serve": cmd_serve,
     "web": cmd_web,
     "replicate": cmd_replicate,

@@ -15,8 +15,9 @@ across releases; new arguments are keyword-only with defaults.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,39 @@ import yaml
 
 from dirt import documents, embedded
 from dirt.couch import Couch
-from dirt.documents import FINAL, State, now_iso, record_id, set_state, summarize
-from dirt.errors import Conflict, InvalidHost, InvalidRecord, NotFound
+from dirt.documents import (
+    ACTIVE,
+    ANY_KEY,
+    FINAL,
+    State,
+    TaskSpec,
+    now_iso,
+    record_id,
+    set_state,
+    summarize,
+    task_row,
+    task_spec,
+)
+from dirt.errors import (
+    NOT_DONE,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidHost,
+    InvalidRecord,
+    NotFound,
+    WaitTimeout,
+)
 from dirt.scheduler import parse_requirements
 from dirt.settings import Settings, load
 from dirt.tasks import Registry
 
 __all__ = [
     "connect", "registry", "submit", "load_record_file", "wait", "exit_code", "record_status",
-    "list_records", "get_record", "record_tasks", "cancel", "rerun", "list_hosts", "add_host",
-    "remove_host", "enable_host",
+    "list_records", "get_record", "record_tasks", "cancel", "rerun", "rerun_as", "list_hosts",
+    "add_host", "remove_host", "enable_host", "task_log", "artifacts", "get_artifact",
 ]
+
+log = logging.getLogger("dirt.client")
 
 RECORD_KEYS = {"name", "description", "submitter", "meta", "tasks"}
 TASK_KEYS = {"name", "platform", "args", "requires", "key"}
@@ -100,8 +123,10 @@ def _task_entries(tasks: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]
     entries = []
     for item in tasks:
         if isinstance(item, str):
-            name, platform = documents.parse_task_spec(item)
-            entries.append({"name": name, "platform": platform})
+            spec = documents.parse_task_spec(item)
+            if spec.key == ANY_KEY:
+                raise InvalidRecord(f"task {item}: {ANY_KEY!r} selects tasks, it is not a key")
+            entries.append({"name": spec.name, "platform": spec.platform, "key": spec.key})
         elif isinstance(item, dict):
             unknown = sorted(set(item) - TASK_KEYS)
             if unknown:
@@ -160,7 +185,7 @@ def plan_tasks(
             )
             if doc["_id"] in seen:
                 raise InvalidRecord(
-                    f"task {module.name}@{platform} is given twice: give each a distinct key"
+                    f"task {task_spec(doc)} is given twice: give each a distinct key"
                 )
             seen.add(doc["_id"])
             docs.append(doc)
@@ -186,6 +211,7 @@ def submit(
     """
     record = documents.new_record(name, description=description, submitter=submitter, meta=meta)
     task_docs = plan_tasks(registry, record, tasks, known_platforms(couch))
+    record["tasks"] = [doc["_id"] for doc in task_docs]  # what waiting waits for
     try:
         couch.insert(record)  # a record that exists is a conflict
     except Conflict:
@@ -193,11 +219,19 @@ def submit(
     answers = couch.bulk_docs(task_docs)
     failed = [a for a in answers if a.get("error")]
     if failed:
+        _undo(couch, record, task_docs)
         raise InvalidRecord(
             f"record {name}: {len(failed)} task documents were refused: "
             f"{failed[0]['id']}: {failed[0].get('reason') or failed[0]['error']}"
         )
     return record, task_docs
+
+
+def _undo(couch: Couch, record: dict[str, Any], task_docs: list[dict[str, Any]]) -> None:
+    """Take back a submission that was refused halfway: its record and the tasks written."""
+    written = [doc for doc in task_docs if doc.get("_rev")]
+    couch.bulk_docs([{"_id": d["_id"], "_rev": d["_rev"], "_deleted": True}
+                     for d in [*written, record]])
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -210,10 +244,26 @@ def get_record(couch: Couch, name: str) -> dict[str, Any]:
         raise InvalidRecord(f"no record {name!r}") from None
 
 
+def record_docs(couch: Couch, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A record's document and its task documents in their order. Read from the database's
+    primary index (`_all_docs`), which every write updates at once: a view may answer from
+    an index a moment old, and a record's tasks must never look fewer than they are."""
+    record = get_record(couch, name)
+    docs = couch.docs_by_prefix(f"task:{name}:")
+    docs.sort(key=lambda doc: (doc.get("order", 0), doc["_id"]))
+    return record, docs
+
+
 def record_tasks(couch: Couch, name: str) -> list[dict[str, Any]]:
-    """The tasks of a record, in their order, as the tasks_by_record view shows them."""
-    rows = couch.view("dirt", "tasks_by_record", startkey=[name], endkey=[name, {}])["rows"]
-    return [{"id": row["id"], **row["value"]} for row in rows]
+    """The tasks of a record, in their order, as `dirt status <record>` shows them."""
+    return [task_row(doc) for doc in record_docs(couch, name)[1]]
+
+
+def missing_tasks(record: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """Ids of the tasks the record was submitted with that are not in the database (its
+    submission was cut off). A record from before records listed their tasks has none."""
+    present = {doc["_id"] for doc in docs}
+    return [task_id for task_id in record.get("tasks") or [] if task_id not in present]
 
 
 def record_counts(couch: Couch, names: list[str]) -> dict[str, dict[str, int]]:
@@ -248,14 +298,27 @@ def list_records(couch: Couch, limit: int = 50, skip: int = 0) -> list[dict[str,
     return out
 
 
-def record_status(couch: Couch, name: str) -> dict[str, Any]:
-    """One record, its summary and its tasks."""
-    record = get_record(couch, name)
-    tasks = record_tasks(couch, name)
+def status_of(record: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A record's status from its documents: its summary, its tasks, and `missing`, the
+    tasks it was submitted with that are not in the database."""
+    tasks = [task_row(doc) for doc in docs]
+    summary = summarize(t["state"] for t in tasks)
     return {
-        "record": {**public(record), **summarize(t["state"] for t in tasks)},
+        "record": {**public(record), **summary, "missing": missing_tasks(record, docs)},
         "tasks": tasks,
     }
+
+
+def record_status(couch: Couch, name: str) -> dict[str, Any]:
+    """One record, its summary and its tasks."""
+    return status_of(*record_docs(couch, name))
+
+
+def finished(status: dict[str, Any]) -> bool:
+    """Every task of the record is seen in a final state: none missing, and at least one."""
+    tasks = status["tasks"]
+    return (bool(tasks) and not status["record"].get("missing")
+            and all(State(t["state"]) in FINAL for t in tasks))
 
 
 def wait(
@@ -266,46 +329,98 @@ def wait(
     interval: float = 1.0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Wait until every task of a record has ended; returns the final record_status."""
+    """Wait until every task the record was submitted with is seen in a final state; returns
+    the final record_status. A database that does not answer is tried again with a capped
+    backoff until `timeout`; WaitTimeout (a TimeoutError) when the time runs out."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
+    pause, outage = min(0.1, interval), 0.5  # checks start often, then every `interval`
     while True:
-        status = record_status(couch, name)
-        counts = status["record"]["counts"]
-        if on_progress and counts != last:
+        try:
+            status = record_status(couch, name)
+        except DatabaseUnavailable as exc:
+            if deadline is not None and time.monotonic() + outage > deadline:
+                raise
+            log.warning("record %s: %s; trying again in %.1f s", name, exc, outage)
+            time.sleep(outage)
+            outage = min(outage * 2, 10.0)
+            continue
+        outage = 0.5
+        seen = (status["record"]["counts"], len(status["record"]["missing"]))
+        if on_progress and seen != last:
             on_progress(status)
-            last = counts
-        if all(State(t["state"]) in FINAL for t in status["tasks"]):
+            last = seen
+        if finished(status):
             return status
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"record {name}: tasks still running after {timeout:g} s")
-        time.sleep(interval)
+            raise WaitTimeout(f"record {name}: {not_ended(status)} after {timeout:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, interval)
+
+
+def not_ended(status: dict[str, Any]) -> str:
+    """What keeps a record from being finished, in a few words."""
+    missing = status["record"]["missing"]
+    if missing:
+        return f"{len(missing)} of its tasks are not in the database ({missing[0]}, ...)"
+    if not status["tasks"]:
+        return "it has no tasks"
+    active = [t["spec"] for t in status["tasks"] if State(t["state"]) not in FINAL]
+    return f"{len(active)} tasks have not ended ({', '.join(active[:3])}" + (
+        ", ...)" if len(active) > 3 else ")")
+
+
+PASSED, SOME_FAILED, NO_ANSWER = 0, 1, 2
 
 
 def exit_code(status: dict[str, Any]) -> int:
-    """For CI: 0 every task passed, 1 some task failed, 2 some task could not give an answer
-    (error, unschedulable, cancelled)."""
+    """For CI (docs/cli.md): 0 every task passed, 1 some task failed, 2 some task could not
+    give an answer (error, unschedulable, cancelled), 3 there is no verdict (tasks missing or
+    not ended, or no tasks at all): a record is never "passed" on tasks nobody saw."""
+    if not finished(status):
+        return NOT_DONE
     states = {t["state"] for t in status["tasks"]}
     if states & {"error", "unschedulable", "cancelled"}:
-        return 2
+        return NO_ANSWER
     if "failed" in states:
-        return 1
-    return 0
+        return SOME_FAILED
+    return PASSED
 
 
 # -- cancel and re-run --------------------------------------------------------------------
 
 
 def _select(couch: Couch, record: str, task: str | None) -> list[dict[str, Any]]:
-    get_record(couch, record)
-    docs = couch.docs_by_prefix(f"task:{record}:")
+    """The record's tasks that `task` (a spec, docs/records.md) names; all when None."""
+    docs = record_docs(couch, record)[1]
     if task is None:
         return docs
-    name, platform = documents.parse_task_spec(task)
-    chosen = [d for d in docs if d["name"] == name and platform in (None, d["platform"])]
+    spec = documents.parse_task_spec(task)
+    chosen = [doc for doc in docs if spec.matches(doc)]
     if not chosen:
-        raise InvalidRecord(f"record {record} has no task {task!r}")
+        raise InvalidRecord(f"record {record} has no task {task!r}{_others(spec, docs)}")
     return chosen
+
+
+def _others(spec: TaskSpec, docs: list[dict[str, Any]]) -> str:
+    """The tasks a spec that matched none may have meant, for its error message."""
+    near = [task_spec(doc) for doc in docs if doc["name"] == spec.name]
+    if not near:
+        return ""
+    return f"; it has {', '.join(near[:5])}" + (", ..." if len(near) > 5 else "") + (
+        f" ({spec.name}:* names every key)" if spec.key is None else "")
+
+
+def get_task(couch: Couch, record: str, task: str) -> dict[str, Any]:
+    """The one task of the record that `task` names; InvalidRecord when it names none or
+    several (the message lists them)."""
+    chosen = _select(couch, record, task)
+    if len(chosen) > 1:
+        raise InvalidRecord(
+            f"record {record}: {task} names {len(chosen)} tasks, give one of "
+            + ", ".join(task_spec(doc) for doc in chosen[:5]) + (", ..." if len(chosen) > 5 else "")
+        )
+    return chosen[0]
 
 
 def _update_each(
@@ -339,16 +454,140 @@ def cancel(couch: Couch, record: str, task: str | None = None) -> int:
     return _update_each(couch, _select(couch, record, task), change)
 
 
-def rerun(couch: Couch, record: str, task: str | None = None) -> int:
-    """Make the record's ended tasks pending again (earlier attempts are kept)."""
+# What `rerun --failed` picks: the tasks that ended without passing.
+NOT_PASSED = frozenset({State.FAILED, State.ERROR, State.CANCELLED, State.UNSCHEDULABLE})
+
+
+def rerun(couch: Couch, record: str, task: str | None = None, *, failed: bool = False) -> int:
+    """Make the record's ended tasks pending again, or with `failed` only those that did not
+    pass. Each keeps its earlier run in `earlier` and its attempts."""
 
     def change(doc: dict[str, Any]) -> bool:
-        if doc["state"] in (State.PENDING.value, State.RUNNING.value):
+        state = State(doc["state"])
+        if state in ACTIVE or (failed and state not in NOT_PASSED):
             return False
         documents.reset_task(doc)
         return True
 
     return _update_each(couch, _select(couch, record, task), change)
+
+
+def rerun_as(
+    couch: Couch,
+    registry: Registry,
+    record: str,
+    new: str,
+    task: str | None = None,
+    *,
+    failed: bool = False,
+    submitter: str = "",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Submit the record's tasks (those `task` names, or with `failed` those that did not
+    pass) again as the new record `new`: same names, platforms, keys, args and requirements,
+    so the history keeps both. The new record's meta says `rerun_of`."""
+    old, docs = record_docs(couch, record)
+    chosen = _select(couch, record, task) if task else docs
+    if failed:
+        chosen = [doc for doc in chosen if State(doc["state"]) in NOT_PASSED]
+        if not chosen:
+            raise InvalidRecord(f"record {record} has no failed, error, cancelled or "
+                                "unschedulable task to run again")
+    entries = [{"name": d["name"], "platform": d["platform"], "key": d.get("key") or None,
+                "args": d.get("args") or {}, "requires": d.get("requires") or []}
+               for d in chosen]
+    return submit(
+        couch, registry, new, entries, description=old.get("description") or "",
+        submitter=submitter or old.get("submitter") or "",
+        meta={**(old.get("meta") or {}), "rerun_of": record},
+    )
+
+
+# -- logs and artifacts -------------------------------------------------------------------
+
+LOG = "log.txt"
+
+
+def task_log(couch: Couch, record: str, task: str, offset: int = 0) -> dict[str, Any]:
+    """The task's log from byte `offset` on: `text`, `offset` (where the text starts), `size`
+    (the log's size now), `reset` (the log got shorter since `offset`, rewritten with its
+    middle cut out or a new attempt begun: `text` is all of it), `state` and `final`."""
+    doc = get_task(couch, record, task)
+    body = _attachment(couch, doc, LOG) if LOG in (doc.get("_attachments") or {}) else b""
+    reset = not 0 <= offset <= len(body)
+    start = 0 if reset else offset
+    return {
+        "text": body[start:].decode("utf-8", "replace"), "offset": start, "size": len(body),
+        "reset": reset, "state": doc["state"], "final": State(doc["state"]) in FINAL,
+        "spec": task_spec(doc),
+    }
+
+
+def follow_log(
+    couch: Couch, record: str, task: str, *, interval: float = 1.0
+) -> Iterator[dict[str, Any]]:
+    """The task's log as it grows: each item a task_log answer with text not seen before
+    (or all of it again, `reset`), until the task has ended and its whole log was given (the
+    master writes a task's final state and its log in one write). A database that does not
+    answer is asked again with a capped backoff."""
+    offset, pause, outage = 0, min(0.2, interval), 0.5
+    while True:
+        try:
+            part = task_log(couch, record, task, offset)
+        except DatabaseUnavailable as exc:
+            log.warning("task %s of %s: %s; trying again in %.1f s", task, record, exc, outage)
+            time.sleep(outage)
+            outage = min(outage * 2, 10.0)
+            continue
+        outage = 0.5
+        if part["text"] or part["reset"] or part["final"]:
+            yield part
+        offset = part["size"]
+        if part["final"]:
+            return
+        pause = 0.2 if part["text"] else min(pause * 2, interval)
+        time.sleep(pause)
+
+
+def safe_path(name: str) -> Path:
+    """An artifact's name as a relative path to write it under, refused when it could reach
+    out of the folder (a name is whatever the task said)."""
+    path = Path(name)
+    if (not name or "\\" in name or "\0" in name or path.is_absolute()
+            or any(part in ("", ".", "..") for part in name.split("/"))):
+        raise InvalidRecord(f"artifact name {name!r} is not a safe file name; not written")
+    return path
+
+
+def files_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task document's files (its log and artifacts) as a list, the log first."""
+    attachments = doc.get("_attachments") or {}
+    return [
+        {"task": task_spec(doc), "name": name,
+         "content_type": attachments[name].get("content_type") or "",
+         "length": attachments[name].get("length") or 0}
+        for name in sorted(attachments, key=lambda n: (n != LOG, n))
+    ]
+
+
+def artifacts(couch: Couch, record: str, task: str | None = None) -> list[dict[str, Any]]:
+    """The files of the record's tasks (or of those `task` names), each with its task's spec,
+    name, content type and length; logs are left out (`dirt log` shows them)."""
+    return [f for doc in _select(couch, record, task) for f in files_of(doc) if f["name"] != LOG]
+
+
+def get_artifact(couch: Couch, record: str, task: str, name: str) -> bytes:
+    """One file of one task, its bytes."""
+    doc = get_task(couch, record, task)
+    if name not in (doc.get("_attachments") or {}):
+        raise InvalidRecord(f"task {task_spec(doc)} of {record} has no file {name!r}")
+    return _attachment(couch, doc, name)
+
+
+def _attachment(couch: Couch, doc: dict[str, Any], name: str) -> bytes:
+    try:
+        return couch.get_attachment(doc["_id"], name)
+    except NotFound:  # removed since the document was read
+        return b""
 
 
 # -- hosts --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -91,13 +92,46 @@ def check_name(kind: str, name: Any) -> str:
     return name
 
 
-def parse_task_spec(spec: str) -> tuple[str, str | None]:
-    """`name` or `name@platform`."""
-    name, _, platform = spec.partition("@")
+ANY_KEY = "*"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What names tasks of a record: `name[@platform][:key]`, the same in every command, the
+    API and the page URLs. A part left out: any platform; no key means the task without one,
+    and `:*` every key."""
+
+    name: str
+    platform: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return self.name + (f"@{self.platform}" if self.platform else "") + (
+            f":{self.key}" if self.key else "")
+
+    def matches(self, task: dict[str, Any]) -> bool:
+        return (task.get("name") == self.name
+                and self.platform in (None, task.get("platform"))
+                and (self.key == ANY_KEY or (task.get("key") or None) == self.key))
+
+
+def parse_task_spec(spec: str) -> TaskSpec:
+    """`name`, `name@platform`, `name:key`, `name@platform:key` (`:*`: every key)."""
+    if not isinstance(spec, str):
+        raise InvalidRecord(f"a task is named name[@platform][:key], not {spec!r}")
+    rest, colon, key = spec.partition(":")
+    name, _, platform = rest.partition("@")
     check_name("task", name)
     if platform:
         check_name("platform", platform)
-    return name, platform or None
+    if colon and key != ANY_KEY:
+        check_name("task key", key)
+    return TaskSpec(name, platform or None, key if colon else None)
+
+
+def task_spec(task: dict[str, Any]) -> str:
+    """A task's full spec, `name@platform[:key]`: how it is named everywhere."""
+    return str(TaskSpec(task["name"], task["platform"], task.get("key") or None))
 
 
 def new_record(
@@ -213,11 +247,41 @@ def attempt_id(task: dict[str, Any]) -> str:
     return f"{task['_id']}:{len(attempts)}:{last.get('master')}:{last.get('started')}"
 
 
-def reset_task(task: dict[str, Any]) -> None:
-    """Make a task pending again for a re-run, keeping its earlier attempts."""
+EARLIER_KEPT = 20  # ended runs a task keeps across re-runs
+
+
+def reset_task(task: dict[str, Any], reason: str = "re-run requested") -> None:
+    """Make a task pending again for a re-run. Its ended run (state, reason, result, host,
+    times) moves to `earlier`, newest last, so a re-run never hides what the task did before;
+    its attempts are kept too."""
+    if task.get("state") in FINAL:
+        run = {k: task.get(k) for k in ("state", "reason", "result", "host", "started",
+                                         "ended", "duration")}
+        run.update(attempts=len(task.get("attempts") or []), rerun_at=now_iso())
+        task["earlier"] = [*(task.get("earlier") or []), run][-EARLIER_KEPT:]
     for key in ("host", "lease_until", "started", "ended", "duration", "result"):
         task[key] = None
-    set_state(task, State.PENDING, "re-run requested")
+    set_state(task, State.PENDING, reason)
+
+
+def task_row(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as tables and `dirt status --json` show it (the tasks_by_record view's shape,
+    plus its id and spec)."""
+    return {
+        "id": task["_id"], "name": task["name"], "key": task.get("key") or None,
+        "spec": task_spec(task), "platform": task["platform"], "state": task["state"],
+        "host": task.get("host"), "duration": task.get("duration"),
+        "reason": task.get("reason") or "", "attempts": len(task.get("attempts") or []),
+        "started": task.get("started"), "ended": task.get("ended"),
+    }
+
+
+# Tables list what needs a look first: failed and error tasks, then the rest in task order.
+ATTENTION = (State.FAILED.value, State.ERROR.value)
+
+
+def attention_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: row["state"] not in ATTENTION)
 
 
 # -- hosts --------------------------------------------------------------------------------------

@@ -1,12 +1,27 @@
-"""The errors a user can act on. The CLI prints their message on one line and exits non-zero."""
+"""The errors a user can act on. The CLI prints their message on one line and exits with the
+error's `exit_status` (docs/cli.md): 4 for bad usage or input (refused, nothing written), 3 when
+dirt itself could not do it (the database does not answer, a wait ran out of time)."""
+
+BAD_INPUT = 4
+NOT_DONE = 3
 
 
 class DirtError(Exception):
     """Root of every error dirt raises on purpose."""
 
+    exit_status = NOT_DONE
+
+
+class UsageError(DirtError, ValueError):
+    """A command was given options or values it cannot take."""
+
+    exit_status = BAD_INPUT
+
 
 class ConfigError(DirtError, ValueError):
     """A setting, a config file or a project folder is wrong."""
+
+    exit_status = BAD_INPUT
 
 
 class NotAProject(ConfigError):
@@ -39,7 +54,9 @@ class Forbidden(DatabaseError):
 
 
 class InvalidRecord(DirtError, ValueError):
-    """A submitted record is malformed or already exists."""
+    """A submitted record is malformed or already exists, or names a task it does not have."""
+
+    exit_status = BAD_INPUT
 
 
 class UnknownTask(InvalidRecord):
@@ -48,6 +65,12 @@ class UnknownTask(InvalidRecord):
 
 class InvalidHost(DirtError, ValueError):
     """A host specification is malformed or names an unknown host."""
+
+    exit_status = BAD_INPUT
+
+
+class WaitTimeout(DirtError, TimeoutError):
+    """A record's tasks had not all ended when the wait ran out of time."""
 
 
 class HostUnreachable(DirtError):

@@ -32,13 +32,44 @@ def test_invalid_names_say_which_kind(name):
         documents.check_name("record", name)
 
 
-def test_task_spec_with_and_without_platform():
-    assert documents.parse_task_spec("build") == ("build", None)
-    assert documents.parse_task_spec("build@linux") == ("build", "linux")
+def test_task_spec_with_and_without_platform_and_key():
+    TaskSpec = documents.TaskSpec
+    assert documents.parse_task_spec("build") == TaskSpec("build", None, None)
+    assert documents.parse_task_spec("build@linux") == TaskSpec("build", "linux", None)
+    assert documents.parse_task_spec("build:a") == TaskSpec("build", None, "a")
+    assert documents.parse_task_spec("build@linux:a") == TaskSpec("build", "linux", "a")
+    assert documents.parse_task_spec("build:*") == TaskSpec("build", None, "*")
+    assert str(documents.parse_task_spec("build@linux:a")) == "build@linux:a"
     with pytest.raises(InvalidRecord, match="invalid platform name"):
         documents.parse_task_spec("build@lin ux")
     with pytest.raises(InvalidRecord, match="invalid task name"):
         documents.parse_task_spec("@linux")
+    with pytest.raises(InvalidRecord, match="invalid task key name"):
+        documents.parse_task_spec("build:a/b")
+
+
+def test_a_spec_without_key_names_the_task_without_one():
+    plain = {"name": "build", "platform": "linux", "key": None}
+    keyed = {"name": "build", "platform": "linux", "key": "a"}
+    assert documents.parse_task_spec("build").matches(plain)
+    assert not documents.parse_task_spec("build").matches(keyed)
+    assert documents.parse_task_spec("build:a").matches(keyed)
+    assert documents.parse_task_spec("build@linux:*").matches(keyed)
+    assert documents.parse_task_spec("build:*").matches(plain)
+    assert not documents.parse_task_spec("build@mac:*").matches(keyed)
+    assert documents.task_spec(keyed) == "build@linux:a"
+
+
+def test_a_rerun_keeps_the_earlier_run():
+    record = documents.new_record("r1")
+    task = documents.new_task(record, "build", "linux", 0)
+    task.update(host="h1", started="s", ended="e", duration=1.5, result={"ok": False})
+    documents.set_state(task, documents.State.FAILED, "exit 1")
+    documents.reset_task(task)
+    assert task["state"] == "pending" and task["result"] is None
+    (earlier,) = task["earlier"]
+    assert earlier["state"] == "failed" and earlier["reason"] == "exit 1"
+    assert earlier["host"] == "h1" and earlier["result"] == {"ok": False}
 
 
 def test_new_record_shape():

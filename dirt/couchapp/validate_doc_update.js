@@ -21,6 +21,10 @@ function (newDoc, oldDoc, userCtx, secObj) {
     need(isString(newDoc.created), 'a record needs created');
     need(typeof newDoc.meta === 'object' && newDoc.meta !== null && !Array.isArray(newDoc.meta),
          'record meta must be an object');
+    need(newDoc.tasks === undefined || (Array.isArray(newDoc.tasks) &&
+         newDoc.tasks.every(function (id) {
+           return isString(id) && id.indexOf('task:' + newDoc.name + ':') === 0;
+         })), 'record tasks must be a list of its task ids');
   } else if (newDoc.type === 'task') {
     need(isString(newDoc.record) && isString(newDoc.name) && isString(newDoc.platform),
          'a task needs record, name and platform');
