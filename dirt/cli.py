@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("urllib3", "paramiko"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return dispatch(args)
+        code = dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except DirtError as exc:
         print(f"dirt: error: {exc}", file=sys.stderr)
         return exc.exit_status

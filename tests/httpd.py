@@ -6,12 +6,14 @@ tests; stopped by its handle (`close()`), never by name.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -72,3 +74,64 @@ class Recorder:
                 raise AssertionError(f"{len(self.requests)} requests arrived, not {count}")
             time.sleep(0.02)
         return self.requests
+
+
+class TcpProxy:
+    """A TCP proxy on a free loopback port to the server at `target` (http://host:port), for a
+    database that goes away and comes back: `pause()` closes every connection, open and new
+    (counted in `refused`), until `resume()`."""
+
+    def __init__(self, target: str) -> None:
+        parsed = urlsplit(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.paused = False
+        self.refused = 0
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def pause(self) -> None:
+        with self.lock:
+            self.paused = True
+            for sock in self.open:
+                sock.close()
+            self.open.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.pause()
+        self.listener.close()
+        self.thread.join(5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with self.lock:
+                if self.paused:
+                    self.refused += 1
+                    conn.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+                self.open.update((conn, upstream))
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with self.lock:
+                    self.open.discard(sock)
+                sock.close()
