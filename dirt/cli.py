@@ -628,19 +628,20 @@ def whole_number(value: str, option: str) -> int:
 
 
 def cmd_web(args: dict[str, Any], settings: Settings) -> int:
-    from dirt.web import create_app
+    from dirt.web import create_app, server
 
-    couch = client.connect(settings=settings)
     host = args["--host"] or settings.web.host
-    port = int(args["--port"] or settings.web.port)
+    port = whole_number(args["--port"], "--port") if args["--port"] else settings.web.port
+    sock = server.bind(host, port)  # a port in use fails here, before any URL is printed
+    couch = client.connect(settings=settings)
     try:
         couchapp.push(couch)
     except Forbidden as exc:  # a read-only replica: show what is there
         log.warning("web: the design document cannot be updated here: %s", exc)
     couchapp.warm(couch)
     app = create_app(settings, couch)
-    print(f"dirt web page at http://{host}:{port}/", flush=True)
-    app.run(host=host, port=port, threaded=True)
+    print(f"dirt web page at {server.url(host, sock)}", flush=True)
+    server.serve(app, sock, threads=settings.web.threads)
     return 0
 
 

@@ -28,6 +28,10 @@ class NotAProject(ConfigError):
     """The folder is not a dirt project (no dirt.toml)."""
 
 
+class PortInUse(ConfigError):
+    """Another program already listens on the host and port a dirt server was told to use."""
+
+
 class DatabaseUnavailable(DirtError, ConnectionError):
     """The CouchDB server does not answer (the URL is named, never its credentials)."""
 

@@ -33,6 +33,7 @@ class MasterSettings:
 class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    threads: int = 8  # requests `dirt web` answers at once (waitress's worker threads)
     token: str = ""
     url: str = ""  # the public address of `dirt web`, for links in notifications
 
@@ -280,6 +281,8 @@ def load(
     home = Path(environ.get("DIRT_HOME") or Path.home() / ".local" / "share" / "dirt")
     master = _section(config, "master", MasterSettings)
     web = _section(config, "web", WebSettings)
+    if web.threads < 1:
+        raise ConfigError(f"{CONFIG_NAME}: web.threads must be at least 1")
     if environ.get("DIRT_WEB_TOKEN"):
         web = replace(web, token=environ["DIRT_WEB_TOKEN"])
     return Settings(

@@ -27,6 +27,7 @@ max_attempts = 5
 
 [web]
 port = 9000
+threads = 4
 """
 
 
@@ -78,6 +79,7 @@ def test_reads_dirt_toml(tmp_path):
     assert settings.master.max_attempts == 5
     assert settings.master.default_timeout == 3600.0  # not in the file: the default
     assert settings.web.port == 9000
+    assert settings.web.threads == 4
     assert settings.home == tmp_path / "home"
     assert settings.state_dir == root / ".dirt"
     assert settings.tasks_dir == root / "tasks"
@@ -100,6 +102,10 @@ def test_empty_url_means_the_embedded_server(tmp_path):
     assert settings.database == "dirt"
 
 
+def test_web_threads_default_to_8(tmp_path):
+    assert load(environ={}, cwd=tmp_path).web.threads == 8
+
+
 def test_settings_are_frozen(tmp_path):
     settings = load(environ={}, cwd=tmp_path)
     with pytest.raises(AttributeError):
@@ -115,6 +121,7 @@ def test_settings_are_frozen(tmp_path):
         ("master = 3\n", r"\[master\] must be a table"),
         ("[master]\nmax_attempts = 'many'\n", r"\[master\]: "),
         ("[web]\ncolour = 'red'\n", r"unknown setting web\.colour"),
+        ("[web]\nthreads = 0\n", r"web\.threads must be at least 1"),
     ],
 )
 def test_bad_dirt_toml_is_a_config_error(tmp_path, body, message):
