@@ -67,5 +67,5 @@ def test_text_is_the_default_and_bad_formats_are_refused(project):
     done = run_dirt("serve", "--drain", project=project, check=True)
     assert " dirt.master INFO master " in done.stderr
     bad = run_dirt("--log-format=xml", "status", project=project)
-    assert bad.returncode == 2
+    assert bad.returncode == 4
     assert bad.stderr.strip() == "dirt: error: --log-format is text or json, not 'xml'"
