@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -30,10 +30,13 @@ from dirt.scheduler import parse_requirements
 from dirt.settings import Settings, load
 from dirt.tasks import Registry
 
+if TYPE_CHECKING:
+    from dirt.diagnose import Diagnosis
+
 __all__ = [
     "connect", "registry", "submit", "load_record_file", "wait", "exit_code", "record_status",
     "list_records", "get_record", "record_tasks", "cancel", "rerun", "list_hosts", "add_host",
-    "remove_host", "enable_host",
+    "remove_host", "enable_host", "check_host",
 ]
 
 RECORD_KEYS = {"name", "description", "submitter", "meta", "tasks"}
@@ -395,3 +398,21 @@ def enable_host(couch: Couch, name: str, enabled: bool) -> dict[str, Any]:
 
     _update_each(couch, [get_host(couch, name)], change)
     return get_host(couch, name)
+
+
+def check_host(couch: Couch, name: str, known_hosts: Path) -> Diagnosis:
+    """Connect to a host as the master would (`dirt hosts check`) and keep what was found on
+    its document: alive with its facts and last_seen, or not alive with the reason."""
+    from dirt.diagnose import check_host as diagnose  # paramiko: only when checking
+
+    host = get_host(couch, name)
+    diagnosis = diagnose(host, known_hosts)
+    at = now_iso()
+
+    def change(doc: dict[str, Any]) -> bool:
+        documents.set_health(doc, diagnosis.facts if diagnosis.ok else None,
+                             diagnosis.message, at)
+        return True
+
+    _update_each(couch, [host], change)  # a write made meanwhile: read again, keep both
+    return diagnosis
