@@ -121,7 +121,8 @@ Make the record's ended tasks (or one task) pending again; their earlier attempt
 
 Run the master: follow the database, claim pending tasks, run them on the hosts, write the
 results. SIGTERM or Ctrl-C stops taking tasks and lets running ones finish for grace_seconds;
-a second one stops at once (unfinished tasks go back to pending).
+a second one stops at once (unfinished tasks go back to pending). The log names the signal,
+what happens to the running tasks and how many went back to pending.
 
   --drain              Exit 0 once nothing is pending or running.
   --platform=<p>       Only tasks and hosts of this platform (repeatable).
