@@ -345,6 +345,19 @@ def notification_entry(
             "error": error, "at": now_iso()}
 
 
+def notifications_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The notification outcomes kept on a record document, oldest first, each in the shape of
+    notification_entry whatever else the document holds (it is read from the database)."""
+    entries = record.get("notifications")
+    if not isinstance(entries, list):
+        return []
+    return [{"kind": str(e.get("kind") or ""), "target": str(e.get("target") or ""),
+             "event": str(e.get("event") or ""), "ok": e.get("ok") is True,
+             "attempts": e["attempts"] if isinstance(e.get("attempts"), int) else 0,
+             "error": str(e.get("error") or ""), "at": str(e.get("at") or "")}
+            for e in entries if isinstance(e, dict)]
+
+
 # -- summaries ----------------------------------------------------------------------------------
 
 
