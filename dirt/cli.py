@@ -439,7 +439,7 @@ def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
     hosts = [h for h in (args["--hosts"] or "").split(",") if h]
     listeners: list[Any] = []
-    server = None
+    server = metrics = None
     if args["--metrics-port"]:
         from dirt.metrics import MasterMetrics
 
@@ -447,7 +447,9 @@ def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
         listeners.append(metrics)
         server = metrics.serve(whole_number(args["--metrics-port"], "--metrics-port"))
         log.info("master: metrics at %s", server.url)
-    notifier = notify.Notifier(couch, settings) if notify.enabled(settings) else None
+    counted = metrics.notified if metrics else None
+    notifier = notify.Notifier(couch, settings, on_outcome=counted) \
+        if notify.enabled(settings) else None
     if notifier:
         listeners.append(notifier)
         notifier.start()
