@@ -143,8 +143,8 @@ class DatabaseCollector(Collector):
         for row in self.couch.view("dirt", "hosts")["rows"]:
             health[host_health(row["value"])] += 1
         hosts = GaugeMetricFamily("dirt_hosts", "Registered hosts, by health.", labels=["state"])
-        for state, count in health.items():
-            hosts.add_metric([state], count)
+        for health_state, count in health.items():
+            hosts.add_metric([health_state], count)
         yield hosts
         yield GaugeMetricFamily("dirt_hosts_alive", "Enabled hosts that answer.",
                                 value=health["alive"])
@@ -153,10 +153,12 @@ class DatabaseCollector(Collector):
 
 
 def host_health(host: dict[str, Any]) -> str:
-    """alive, down, unchecked (no master has checked it yet) or disabled."""
+    """alive, down, unchecked (neither a master nor `dirt hosts check` has checked it yet) or
+    disabled."""
     if not host.get("enabled"):
         return "disabled"
-    return {True: "alive", False: "down"}.get(host.get("alive"), "unchecked")
+    alive = host.get("alive")
+    return "alive" if alive is True else "down" if alive is False else "unchecked"
 
 
 def database_metrics(couch: Couch) -> tuple[bytes, str]:
