@@ -64,7 +64,7 @@ from docopt import DocoptExit, docopt
 
 from dirt import __version__, client, couchapp, embedded, logs
 from dirt.couch import safe_url
-from dirt.documents import FINAL, State, attention_order, task_spec
+from dirt.documents import FINAL, State, attention_order, effective_slots, facts_text, task_spec
 from dirt.errors import (
     BAD_INPUT,
     NOT_DONE,
@@ -109,7 +109,9 @@ gateway); --ssh runs them over SSH (only Python is needed there). --slots is how
 runs at once (default: its CPU count); --label adds labels that tasks can require.
 `check` connects to each host (or one) and prints what it is, or the cause when it cannot run
 tasks: unreachable, connection refused, host key mismatch, authentication failed, no such
-Python. It exits 1 when a host fails.
+Python. It keeps what it found on the host (alive, facts, last seen, reason), as the master's
+own checks do, and exits 1 when a host fails. `list` shows them; its slots column says `4
+(cpus)` when the number is the host's CPU count, `?` before any check found it.
 """,
     "tasks": """Usage: dirt tasks [--json]
 
@@ -174,7 +176,8 @@ List the artifacts of a record's tasks (or of those <task> names): task, name, t
 
 Run the master: follow the database, claim pending tasks, run them on the hosts, write the
 results. SIGTERM or Ctrl-C stops taking tasks and lets running ones finish for grace_seconds;
-a second one stops at once (unfinished tasks go back to pending).
+a second one stops at once (unfinished tasks go back to pending). The log names the signal,
+what happens to the running tasks and how many went back to pending.
 
   --drain              Exit 0 once nothing is pending or running.
   --platform=<p>       Only tasks and hosts of this platform (repeatable).
@@ -332,10 +335,11 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
             print(json.dumps([host_json(h) for h in hosts], indent=2))
         else:
             print(table(
-                ["name", "platform", "where", "slots", "labels", "enabled", "alive", "reason"],
-                [[h["name"], h["platform"], where(h), h.get("slots") or "cpus",
+                ["name", "platform", "where", "slots", "labels", "enabled", "alive", "facts",
+                 "reason"],
+                [[h["name"], h["platform"], where(h), slots_text(h),
                   ",".join(h.get("labels") or []), yes(h.get("enabled")), yes(h.get("alive")),
-                  h.get("reason") or ""] for h in hosts],
+                  facts_text(h.get("facts") or {}), h.get("reason") or ""] for h in hosts],
             ))
     elif args["check"]:
         return check_hosts(couch, settings, name)
@@ -349,14 +353,12 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
 
 
 def check_hosts(couch: Any, settings: Settings, name: str | None) -> int:
-    from dirt.diagnose import check_host
-
-    hosts = [client.get_host(couch, name)] if name else client.list_hosts(couch)
+    names = [name] if name else [h["name"] for h in client.list_hosts(couch)]
     failed = 0
-    for host in hosts:
-        diagnosis = check_host(host, settings.state_dir / "known_hosts")
+    for host in names:
+        diagnosis = client.check_host(couch, host, settings.state_dir / "known_hosts")
         failed += not diagnosis.ok
-        print(f"{host['name']}: {'ok' if diagnosis.ok else 'FAILED'}: {diagnosis.message}")
+        print(f"{host}: {'ok' if diagnosis.ok else 'FAILED'}: {diagnosis.message}", flush=True)
     return 1 if failed else 0
 
 
@@ -371,6 +373,12 @@ def host_json(doc: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "platform", "labels", "slots", "enabled", "alive", "last_seen", "reason",
             "facts", "ssh", "local")
     return {k: doc.get(k) for k in keys}
+
+
+def slots_text(host: dict[str, Any]) -> str:
+    """`2`, `4 (cpus)` when the number comes from the host's CPU count, `?` until checked."""
+    count, source = effective_slots(host)
+    return "?" if count is None else f"{count} (cpus)" if source == "cpus" else str(count)
 
 
 def where(host: dict[str, Any]) -> str:
@@ -597,7 +605,7 @@ def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
     couch = client.connect(settings=settings)
     hosts = [h for h in (args["--hosts"] or "").split(",") if h]
     listeners: list[Any] = []
-    server = None
+    server = metrics = None
     if args["--metrics-port"]:
         from dirt.metrics import MasterMetrics
 
@@ -605,7 +613,9 @@ def cmd_serve(args: dict[str, Any], settings: Settings) -> int:
         listeners.append(metrics)
         server = metrics.serve(whole_number(args["--metrics-port"], "--metrics-port"))
         log.info("master: metrics at %s", server.url)
-    notifier = notify.Notifier(couch, settings) if notify.enabled(settings) else None
+    counted = metrics.notified if metrics else None
+    notifier = notify.Notifier(couch, settings, on_outcome=counted) \
+        if notify.enabled(settings) else None
     if notifier:
         listeners.append(notifier)
         notifier.start()

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -51,10 +51,14 @@ from dirt.scheduler import parse_requirements
 from dirt.settings import Settings, load
 from dirt.tasks import Registry
 
+if TYPE_CHECKING:
+    from dirt.diagnose import Diagnosis
+
 __all__ = [
     "connect", "registry", "submit", "load_record_file", "wait", "exit_code", "record_status",
     "list_records", "get_record", "record_tasks", "cancel", "rerun", "rerun_as", "list_hosts",
-    "add_host", "remove_host", "enable_host", "task_log", "artifacts", "get_artifact",
+    "add_host", "remove_host", "enable_host", "check_host", "task_log", "artifacts",
+    "get_artifact",
 ]
 
 log = logging.getLogger("dirt.client")
@@ -634,3 +638,21 @@ def enable_host(couch: Couch, name: str, enabled: bool) -> dict[str, Any]:
 
     _update_each(couch, [get_host(couch, name)], change)
     return get_host(couch, name)
+
+
+def check_host(couch: Couch, name: str, known_hosts: Path) -> Diagnosis:
+    """Connect to a host as the master would (`dirt hosts check`) and keep what was found on
+    its document: alive with its facts and last_seen, or not alive with the reason."""
+    from dirt.diagnose import check_host as diagnose  # paramiko: only when checking
+
+    host = get_host(couch, name)
+    diagnosis = diagnose(host, known_hosts)
+    at = now_iso()
+
+    def change(doc: dict[str, Any]) -> bool:
+        documents.set_health(doc, diagnosis.facts if diagnosis.ok else None,
+                             diagnosis.message, at)
+        return True
+
+    _update_each(couch, [host], change)  # a write made meanwhile: read again, keep both
+    return diagnosis

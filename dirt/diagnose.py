@@ -17,6 +17,7 @@ from typing import Any
 import execnet
 import paramiko
 
+from dirt.documents import facts_text
 from dirt.errors import HostUnreachable
 from dirt.remote import Gateway, gateway_spec
 
@@ -46,8 +47,7 @@ def check_host(host: dict[str, Any], known_hosts: Path) -> Diagnosis:
         return Diagnosis(name, False, str(exc))
     finally:
         gateway.close()
-    summary = (f"{facts['os']} {facts['arch']}, Python {facts['python']}, "
-               f"{facts['cpus']} CPUs, hostname {facts['hostname']}")
+    summary = f"{facts_text(facts)}, hostname {facts['hostname']}"
     return Diagnosis(name, True, summary, facts)
 
 

@@ -336,9 +336,41 @@ def new_host(
     }
 
 
+def effective_slots(host: dict[str, Any]) -> tuple[int | None, str]:
+    """How many tasks a host runs at once, and where that number comes from: its `slots`
+    ("slots"), else the CPU count its last check found ("cpus"), else (None, "unknown")
+    until a check has found it."""
+    if host.get("slots"):
+        return int(host["slots"]), "slots"
+    cpus = (host.get("facts") or {}).get("cpus")
+    if isinstance(cpus, int) and cpus >= 1:
+        return cpus, "cpus"
+    return None, "unknown"
+
+
 def host_slots(host: dict[str, Any]) -> int:
     """How many tasks a host runs at once: its `slots`, else its CPU count, else 1."""
-    return int(host.get("slots") or (host.get("facts") or {}).get("cpus") or 1)
+    return effective_slots(host)[0] or 1
+
+
+def set_health(host: dict[str, Any], facts: dict[str, Any] | None, reason: str = "",
+               at: str | None = None) -> None:
+    """Keep on a host document how a check of it went: alive, with the facts it reported
+    and when it was last seen; or not alive, with the reason (its last facts stay)."""
+    if facts is not None:
+        host.update(alive=True, reason="", facts=dict(facts), last_seen=at or now_iso())
+    else:
+        host.update(alive=False, reason=reason or "host does not answer")
+
+
+def facts_text(facts: dict[str, Any]) -> str:
+    """A host's facts in a few words: `linux x86_64, Python 3.11.2, 4 CPUs`."""
+    if not facts:
+        return ""
+    parts = [" ".join(str(facts[k]) for k in ("os", "arch") if facts.get(k)),
+             f"Python {facts['python']}" if facts.get("python") else "",
+             f"{facts['cpus']} CPUs" if facts.get("cpus") else ""]
+    return ", ".join(p for p in parts if p)
 
 
 # -- webhook deliveries and notifications -------------------------------------------------------
@@ -375,6 +407,19 @@ def notification_entry(
     target never carries credentials."""
     return {"kind": kind, "target": target, "event": event, "ok": ok, "attempts": attempts,
             "error": error, "at": now_iso()}
+
+
+def notifications_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The notification outcomes kept on a record document, oldest first, each in the shape of
+    notification_entry whatever else the document holds (it is read from the database)."""
+    entries = record.get("notifications")
+    if not isinstance(entries, list):
+        return []
+    return [{"kind": str(e.get("kind") or ""), "target": str(e.get("target") or ""),
+             "event": str(e.get("event") or ""), "ok": e.get("ok") is True,
+             "attempts": e["attempts"] if isinstance(e.get("attempts"), int) else 0,
+             "error": str(e.get("error") or ""), "at": str(e.get("at") or "")}
+            for e in entries if isinstance(e, dict)]
 
 
 # -- summaries ----------------------------------------------------------------------------------

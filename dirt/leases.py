@@ -175,8 +175,10 @@ class Leases:
         except Exception:  # the channel is already gone: so is the process
             pass
 
-    def release_all(self, reason: str) -> None:
-        """On shutdown: end what still runs and put it back to pending for another master."""
+    def release_all(self, reason: str) -> int:
+        """On shutdown: end what still runs and put it back to pending for another master.
+        Returns how many tasks were put back."""
+        released = 0
         for run in list(self.runs.values()):
             self.fence(run, reason)
             self.runs.pop(run.task_id, None)
@@ -184,3 +186,5 @@ class Leases:
             if doc is not None and self.still_ours(doc, run):
                 self.attach_outputs(doc, run)
                 self.end_attempt(doc, "released", reason)
+                released += 1
+        return released

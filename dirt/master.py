@@ -114,6 +114,8 @@ class Master(HostHealth, Leases, Results):
         self.stop_requested = threading.Event()
         self.force_stop = threading.Event()
         self.stop_deadline: float | None = None
+        self.signals: list[int] = []  # received; the loop logs them (see request_stop)
+        self.signals_told = 0
         self.feed_stop = threading.Event()
         self.feed_thread: threading.Thread | None = None
         self.records: dict[str, dict[str, Any]] = {}  # record documents, as tasks see them
@@ -210,19 +212,31 @@ class Master(HostHealth, Leases, Results):
             self.start_with_retry()
             while True:
                 self.loop_once_safely()
-                if self.force_stop.is_set():
-                    self.release_all("master stopped at once")
-                    break
-                if self.stop_requested.is_set():
-                    if not self.runs or time.time() > (self.stop_deadline or 0):
-                        self.release_all("master stopped before the task ended")
-                        break
-                if drain and self.idle():
+                self.tell_signals()
+                released = self.stop_if_asked()
+                if released is not None or (drain and self.idle()):
                     break
             self.flush_writes()
+            if released is not None:
+                self.tell_stopped(released)
         finally:
             self.teardown()
         return 0
+
+    def stop_if_asked(self) -> int | None:
+        """After a signal, put what still runs back to pending: at once after a second one,
+        else once it ended or the grace period is over. How many were put back, or None to go
+        on."""
+        if self.force_stop.is_set():
+            return self.release_all("master stopped at once")
+        if not self.stop_requested.is_set():
+            return None
+        if self.runs and time.time() <= (self.stop_deadline or 0):
+            return None
+        if self.runs:
+            log.info("master: the grace period is over: releasing %s",
+                     running_tasks(len(self.runs)))
+        return self.release_all("master stopped before the task ended")
 
     def loop_once_safely(self) -> None:
         """A pass that meets a database fault logs it and backs off; the master goes on."""
@@ -259,14 +273,44 @@ class Master(HostHealth, Leases, Results):
         signal.signal(signal.SIGINT, self.request_stop)
 
     def request_stop(self, signum: int, frame: Any) -> None:
-        """First signal: a warm stop (no new tasks, a grace period). Second: stop at once."""
+        """First signal: a warm stop (no new tasks, a grace period). Second: stop at once.
+        Handlers only set flags (logging in one is unsafe): the loop tells what came."""
+        self.signals.append(signum)
         self.stop_requested.set()
         self.stop_deadline = time.time() + self.config.grace_seconds
         signal.signal(signal.SIGTERM, self.request_force_stop)
         signal.signal(signal.SIGINT, self.request_force_stop)
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
         self.force_stop.set()
+
+    def tell_signals(self) -> None:
+        """Log each signal the handlers took, by name, and what it does to running tasks."""
+        while self.signals_told < len(self.signals):
+            name = signal.Signals(self.signals[self.signals_told]).name
+            self.signals_told += 1
+            running = running_tasks(len(self.runs))
+            if self.signals_told > 1:
+                log.info("master: got %s again: stopping at once, releasing %s", name, running)
+            elif self.runs:
+                log.info("master: got %s: stopping; taking no new tasks, letting %s finish "
+                         "for up to %g s (a second signal releases them at once)", name,
+                         running, self.config.grace_seconds)
+            else:
+                log.info("master: got %s: stopping (no task is running)", name)
+
+    def tell_stopped(self, released: int) -> None:
+        """After a stop: how many running tasks went back to pending, and whether that is
+        written."""
+        if not released:
+            log.info("master: stopped; no running task was left to release")
+        elif self.dirty:
+            log.warning("master: stopped; released %s, but the database did not take every "
+                        "write: their leases run out and another master takes them over",
+                        running_tasks(released))
+        else:
+            log.info("master: stopped; released %s back to pending", running_tasks(released))
 
     # -- changes and events ---------------------------------------------------------------
 
@@ -673,6 +717,10 @@ def pending_view(doc: dict[str, Any]) -> PendingTask:
         requires=tuple(doc.get("requires") or ()),
         avoid=tuple(a["host"] for a in doc.get("attempts") or () if a.get("outcome") == "lost"),
     )
+
+
+def running_tasks(count: int) -> str:
+    return f"{count} running task{'' if count == 1 else 's'}"
 
 
 def waited_since_pending(doc: dict[str, Any]) -> float:

@@ -36,6 +36,7 @@ from dirt.documents import State
 from dirt.errors import DirtError
 from dirt.master import Listener, Master
 
+NOTIFICATION_KINDS = ("email", "webhook", "github")  # notify.Target.kind: counted from 0
 # Seconds: from a pending task's start on a host (dispatch), and for a task's run.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
@@ -67,6 +68,15 @@ class MasterMetrics(Listener):
             "dirt_master_running_tasks", "Tasks this master runs now.", registry=r)
         self.hosts_ready = Gauge(
             "dirt_master_hosts_ready", "Hosts this master has checked and can use.", registry=r)
+        self.notifications_sent = Counter(
+            "dirt_notifications_sent", "Notifications this master's notifier sent, by kind.",
+            ["kind"], registry=r)
+        self.notifications_failed = Counter(
+            "dirt_notifications_failed",
+            "Notifications that failed after their last attempt, by kind.", ["kind"], registry=r)
+        for kind in NOTIFICATION_KINDS:
+            self.notifications_sent.labels(kind)
+            self.notifications_failed.labels(kind)
 
     def task_started(self, doc: dict[str, Any], waited: float) -> None:
         self.dispatch_latency.observe(waited)
@@ -86,6 +96,12 @@ class MasterMetrics(Listener):
             self.next_depth = now + 1.0
         self.running.set(len(master.runs))
         self.hosts_ready.set(sum(1 for state in master.hosts.values() if state.ready))
+
+    def notified(self, outcome: dict[str, Any]) -> None:
+        """A notification's outcome (documents.notification_entry), from the notifier's
+        threads."""
+        counter = self.notifications_sent if outcome["ok"] else self.notifications_failed
+        counter.labels(outcome["kind"]).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """Serve these metrics over HTTP (any path; Prometheus asks for /metrics)."""
@@ -127,8 +143,8 @@ class DatabaseCollector(Collector):
         for row in self.couch.view("dirt", "hosts")["rows"]:
             health[host_health(row["value"])] += 1
         hosts = GaugeMetricFamily("dirt_hosts", "Registered hosts, by health.", labels=["state"])
-        for state, count in health.items():
-            hosts.add_metric([state], count)
+        for health_state, count in health.items():
+            hosts.add_metric([health_state], count)
         yield hosts
         yield GaugeMetricFamily("dirt_hosts_alive", "Enabled hosts that answer.",
                                 value=health["alive"])
@@ -137,10 +153,12 @@ class DatabaseCollector(Collector):
 
 
 def host_health(host: dict[str, Any]) -> str:
-    """alive, down, unchecked (no master has checked it yet) or disabled."""
+    """alive, down, unchecked (neither a master nor `dirt hosts check` has checked it yet) or
+    disabled."""
     if not host.get("enabled"):
         return "disabled"
-    return {True: "alive", False: "down"}.get(host.get("alive"), "unchecked")
+    alive = host.get("alive")
+    return "alive" if alive is True else "down" if alive is False else "unchecked"
 
 
 def database_metrics(couch: Couch) -> tuple[bytes, str]:

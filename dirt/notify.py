@@ -7,7 +7,7 @@ the record's tasks and, when all have ended (or, for a pending commit status, th
 started), claims the notification on the record document by writing it with the `_rev` it
 read, so that of several masters exactly one sends. A small pool of threads sends, trying again
 with capped exponential backoff; what was sent and what kept failing is written to the record's
-`notifications` list.
+`notifications` list (and told to `on_outcome`: `dirt serve --metrics-port` counts them).
 
 The notifier also reads the changes feed (from a `_local` checkpoint), so records ended by
 someone else (a user cancelling, another master) are noticed, and nothing that ended while no
@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -251,8 +252,10 @@ class Notifier(Listener):
     """Sends what dirt.toml asks for when records start and end, off the master's thread."""
 
     def __init__(self, couch: Couch, settings: Settings, *, poll_seconds: float = 2.0,
-                 workers: int = 4) -> None:
+                 workers: int = 4,
+                 on_outcome: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.couch = couch
+        self.on_outcome = on_outcome  # told each outcome, from a pool thread (metrics)
         self.settings = settings
         self.config = settings.notify
         self.poll_seconds = poll_seconds
@@ -428,7 +431,17 @@ class Notifier(Listener):
 
     def deliver_all(self, message: Message, targets: list[Target]) -> None:
         entries = [self.deliver(target, message) for target in targets]
+        for entry in entries:
+            self.tell(entry)
         self.remember(message.name, entries)
+
+    def tell(self, entry: dict[str, Any]) -> None:
+        if self.on_outcome is None:
+            return
+        try:
+            self.on_outcome(entry)
+        except Exception:  # a bug in a listener: logged, never fatal
+            log.exception("notifier: telling an outcome failed")
 
     def deliver(self, target: Target, message: Message) -> dict[str, Any]:
         """Send, trying again with capped exponential backoff; the outcome as an entry."""

@@ -5,6 +5,7 @@ each run appends to, that no task ran to its end twice. Each prints how long rec
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -135,29 +136,35 @@ def test_fifty_megabytes_of_log_are_stored_truncated_in_bounded_memory(tmp_path,
     assert peak < 300, f"master peak RSS {peak:.0f} MB"
 
 
-@pytest.mark.parametrize("signal_count", [1, 2])
-def test_sigterm_lets_running_tasks_finish_or_releases_them(tmp_path, couch_server,
-                                                           signal_count):
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGTERM", "SIGINT"]])
+def test_sigterm_lets_running_tasks_finish_or_releases_them(tmp_path, couch_server, signals):
     settings, couch = make_farm(tmp_path, couch_server.url, hosts=1, slots=2)
     runs_file = tmp_path / "runs.txt"
     submit(settings, couch, 4, runs_file, seconds=2)
     master = MasterProcess(settings.project, tmp_path / "master.log")
     try:
         wait_for(lambda: sum(runs(runs_file)[0].values()) >= 2, 60, "two tasks to start")
-        for _ in range(signal_count):
-            master.process.send_signal(15)
+        for name in signals:
+            master.process.send_signal(getattr(signal, name))
             time.sleep(0.3)
         assert master.wait(60) == 0, master.log()
     finally:
         master.kill()
     docs = {d["_id"]: d for d in task_docs(couch)}
     states = sorted(d["state"] for d in docs.values())
-    if signal_count == 1:  # warm stop: the two running tasks finish, the others wait
+    said = master.log()
+    # the master says which signal came, by name, and what it does with the running tasks
+    assert ("master: got SIGTERM: stopping; taking no new tasks, letting 2 running tasks "
+            "finish for up to 5 s (a second signal releases them at once)") in said, said
+    if len(signals) == 1:  # warm stop: the two running tasks finish, the others wait
         assert states == ["pending", "pending", "success", "success"], states
+        assert "master: stopped; no running task was left to release" in said, said
     else:  # a second signal: stop at once, the running tasks go back to pending
         assert states == ["pending"] * 4, states
         released = [a for d in docs.values() for a in d["attempts"]]
         assert len(released) == 2 and all(a["outcome"] == "released" for a in released)
+        assert "master: got SIGINT again: stopping at once, releasing 2 running tasks" in said
+        assert "master: stopped; released 2 running tasks back to pending" in said, said
     # whatever was left pending runs to the end under the next master, exactly once
     again = MasterProcess(settings.project, tmp_path / "again.log", "--drain")
     assert again.wait(120) == 0, again.log()

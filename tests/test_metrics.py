@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from textwrap import dedent
 
 import pytest
 import requests
 from conftest import CouchServer, free_port
 from farm import MasterProcess, wait_for
+from httpd import Recorder
 from prometheus_client.parser import text_string_to_metric_families
 
 from dirt import client, scaffold
@@ -112,6 +114,52 @@ def test_dirt_serve_metrics_port(project):
     assert f"metrics at {url}" in master.log()
     with pytest.raises(requests.ConnectionError):
         requests.get(url, timeout=2)  # stopped with the master
+
+
+def test_dirt_serve_counts_sent_and_failed_notifications(project):
+    """A webhook to a real receiver is sent; one to a closed loopback port fails after its
+    attempts: `dirt serve --metrics-port` counts each by kind."""
+    receiver = Recorder()
+    closed = free_port()
+    with open(project.project / "dirt.toml", "a") as toml:
+        toml.write(dedent(f"""
+            [notify]
+            attempts = 2
+            backoff_seconds = 0.1
+            timeout_seconds = 5
+
+            [[notify.webhook]]
+            url = "{receiver.url}/hooks/ok"
+
+            [[notify.webhook]]
+            url = "http://127.0.0.1:{closed}/hooks/gone"
+            """))
+    couch = client.connect(settings=project)
+    client.add_host(couch, "local", "linux", local=True)
+    client.submit(couch, client.Registry(project.tasks_dir), "r1", ["echo@linux"])
+    port = free_port()
+    master = MasterProcess(project.project, project.project / "serve.log",
+                           f"--metrics-port={port}")
+    url = f"http://127.0.0.1:{port}/metrics"
+    failed = ("dirt_notifications_failed_total", (("kind", "webhook"),))
+    sent = ("dirt_notifications_sent_total", (("kind", "webhook"),))
+
+    def both_counted() -> dict | None:
+        got = scrape(url)
+        return got if got[failed] and got[sent] else None
+
+    try:
+        got = wait_for(both_counted, 60, "the sent and the failed notification to be counted")
+    finally:
+        assert master.terminate(30) == 0, master.log()
+        receiver.close()
+    assert got[failed] == 1 and got[sent] == 1
+    assert got[("dirt_notifications_sent_total", (("kind", "email"),))] == 0
+    assert got[("dirt_notifications_failed_total", (("kind", "email"),))] == 0
+    assert [r.path for r in receiver.requests] == ["/hooks/ok"]
+    outcomes = client.get_record(couch, "r1")["notifications"]
+    assert [(n["target"], n["ok"], n["attempts"]) for n in outcomes] == [
+        (receiver.url, True, 1), (f"http://127.0.0.1:{closed}", False, 2)]
 
 
 def test_database_metrics_for_the_web(project):

@@ -9,6 +9,7 @@ import datetime
 import email
 import email.policy
 import ipaddress
+import re
 import ssl
 import time
 from dataclasses import replace
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from httpd import Recorder
 
-from dirt import client, hooks
+from dirt import client, documents, hooks
 from dirt.errors import ConfigError, NotificationFailed
 from dirt.master import Master
 from dirt.notify import Email, Message, Notifier
@@ -36,6 +37,7 @@ from dirt.settings import (
     WebSettings,
     load,
 )
+from dirt.web import create_app
 
 FAIL_TASK = '''"""Fail on purpose."""
 
@@ -425,3 +427,37 @@ def test_mail_over_tls_with_a_login(tmp_path, monkeypatch, security):
         assert caught.value.permanent and len(box.envelopes) == 1
     finally:
         box.close()
+
+
+def test_outcomes_are_shown_on_the_record_page_and_in_its_api(bench):
+    closed = free_port()
+    bench.configure(webhooks=(*bench.settings.notify.webhooks,
+                              WebhookSettings(url=f"http://127.0.0.1:{closed}/hooks/x")))
+    bench.couch.put(documents.new_record("quiet"))  # no tasks: nothing is ever sent for it
+    bench.submit("shown", "echo@linux", "fail@linux")
+    bench.drain(bench.master(bench.notifier()))
+    bench.notifications("shown", 3)
+    web = create_app(bench.settings, bench.couch).test_client()
+
+    outcomes = web.get("/api/v1/records/shown").get_json()["record"]["notifications"]
+    assert [(n["kind"], n["target"], n["event"], n["ok"], n["attempts"]) for n in outcomes] == [
+        ("email", "team@example.org, lead@example.org", "ended", True, 1),
+        ("webhook", bench.receiver.url, "ended", True, 1),
+        ("webhook", f"http://127.0.0.1:{closed}", "ended", False, 3)]
+    assert outcomes[2]["error"] == f"http://127.0.0.1:{closed} does not answer (ConnectionError)"
+    assert all(n["at"] for n in outcomes)
+    assert web.get("/api/v1/records/quiet").get_json()["record"]["notifications"] == []
+
+    page = web.get("/records/shown").get_data(as_text=True)
+    assert page.index('<table class="tasks">') < page.index('<section id="notifications">')
+    section = page[page.index('<section id="notifications">'):page.index("</section>")]
+    body = section[section.index("<tbody>"):]
+    rows = [[re.sub(r"<[^>]+>", "", cell).strip()
+             for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    assert [row[1:] for row in rows] == [
+        ["ended", "email", "team@example.org, lead@example.org", "sent", "1", ""],
+        ["ended", "webhook", bench.receiver.url, "sent", "1", ""],
+        ["ended", "webhook", f"http://127.0.0.1:{closed}", "failed", "3",
+         f"http://127.0.0.1:{closed} does not answer (ConnectionError)"]]
+    assert "Notifications" not in web.get("/records/quiet").get_data(as_text=True)

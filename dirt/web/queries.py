@@ -213,7 +213,17 @@ def record(couch: Couch, name: str) -> dict[str, Any]:
     files = {row["id"]: row["value"] for row in rows}
     for task in status["tasks"]:
         task["files"] = file_list(files.get(task["id"]) or {})
+    status["record"]["notifications"] = notifications(couch, name)
     return status
+
+
+def notifications(couch: Couch, name: str) -> list[dict[str, Any]]:
+    """What `dirt serve` sent about a record (mail, webhooks, commit statuses) and what kept
+    failing: the outcomes its notifier keeps on the record document."""
+    try:
+        return documents.notifications_of(couch.get(documents.record_id(name)))
+    except NotFound:
+        return []
 
 
 def file_list(attachments: dict[str, Any]) -> list[dict[str, Any]]:
