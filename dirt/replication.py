@@ -19,14 +19,16 @@ from urllib.parse import quote, urlsplit
 
 from dirt.couch import Couch, safe_url
 from dirt.documents import now_iso
-from dirt.errors import Conflict, DatabaseError, DirtError, NotFound
+from dirt.errors import BAD_INPUT, Conflict, DatabaseError, DirtError, NotFound
 
 REPLICATOR = "_replicator"
 ID_PREFIX = "dirt-"
 
 
 class ReplicationError(DirtError, ValueError):
-    """A replication cannot be set up, or there is no such replication."""
+    """A replication cannot be set up as asked, or there is no such replication."""
+
+    exit_status = BAD_INPUT
 
 
 @dataclass(frozen=True)

@@ -120,11 +120,11 @@ def test_refusals_name_the_problem_and_never_the_password(setup):
     settings, _, remote = setup
     dirt(settings, "replicate", remote.db_url, "--continuous")
     twice = dirt(settings, "replicate", remote.db_url, "--continuous", check=False)
-    assert twice.returncode == 2
+    assert twice.returncode == 4
     assert "exists already" in twice.stderr and "--cancel dirt-push-" in twice.stderr
     bad = dirt(settings, "replicate", "ftp://admin:" + PASSWORD + "@host/db", check=False)
-    assert bad.returncode == 2 and "not a CouchDB URL" in bad.stderr
+    assert bad.returncode == 4 and "not a CouchDB URL" in bad.stderr
     missing = dirt(settings, "replicate", "--cancel", "dirt-push-nothing", check=False)
-    assert missing.returncode == 2 and "no replication 'dirt-push-nothing'" in missing.stderr
+    assert missing.returncode == 4 and "no replication 'dirt-push-nothing'" in missing.stderr
     for replication in json.loads(dirt(settings, "replicate", "--list", "--json").stdout):
         dirt(settings, "replicate", "--cancel", replication["id"])
