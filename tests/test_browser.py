@@ -132,7 +132,7 @@ def test_pages_in_a_real_browser(farm, couch_server):
 
             # The task's log grows in a second tab, without a reload
             task_page = context.new_page()
-            task_page.goto(base + "/records/rev-1234/tasks/sleep/linux")
+            task_page.goto(base + "/records/rev-1234/tasks/sleep@linux")
             task_page.evaluate("window.stillHere = true")
             log = task_page.locator("#log")
             expect(log).to_contain_text("slept 1 of 7")

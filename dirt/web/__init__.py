@@ -30,7 +30,7 @@ CSP = (
 
 def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
     """The web application over `couch`; `overrides` set Flask config values."""
-    from dirt.web import api, integrations, pages
+    from dirt.web import api, integrations, moved, pages
 
     app = Flask(__name__)
     app.config.update(
@@ -47,6 +47,7 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(integrations.bp)
+    app.register_blueprint(moved.bp)
     app.jinja_env.filters.update(age=fmt.age, duration=fmt.duration, size=fmt.size)
     app.jinja_env.globals.update(
         database=f"{safe_url(couch.url)} / {couch.database}",

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from dirt import client
-from dirt.documents import State
+from dirt.documents import State, task_spec
 from dirt.errors import InvalidRecord
 from dirt.tasks import Registry
 from dirt.web import queries
@@ -42,8 +42,8 @@ def index() -> Any:
     return jsonify(
         records=url_for(".records"),
         record=url_for(".record", name="NAME"),
-        task=url_for(".task", record="NAME", name="TASK", platform="PLATFORM"),
-        log=url_for(".task_log", record="NAME", name="TASK", platform="PLATFORM"),
+        task=url_for(".task", record="NAME", spec="TASK@PLATFORM:KEY"),
+        log=url_for(".task_log", record="NAME", spec="TASK@PLATFORM:KEY"),
         hosts=url_for(".hosts"),
         history=url_for(".history", name="TASK"),
         seq=url_for(".seq"),
@@ -103,31 +103,31 @@ def record(name: str) -> Any:
 def task_row_json(record_name: str, task: dict[str, Any]) -> dict[str, Any]:
     return {
         **task,
-        "url": url_for(".task", record=record_name, name=task["name"], platform=task["platform"]),
-        "files": [file_json(record_name, task, f) for f in task.get("files", [])],
+        "url": url_for(".task", record=record_name, spec=task["spec"]),
+        "files": [file_json(record_name, f) for f in task.get("files", [])],
     }
 
 
-def file_json(record_name: str, task: dict[str, Any], file: dict[str, Any]) -> dict[str, Any]:
+def file_json(record_name: str, file: dict[str, Any]) -> dict[str, Any]:
     return {
         **file,
-        "url": url_for("pages.task_file", record=record_name, name=task["name"],
-                       platform=task["platform"], file=file["name"]),
+        "url": url_for("pages.task_file", record=record_name, spec=file["task"],
+                       file=file["name"]),
     }
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>")
-def task(record: str, name: str, platform: str) -> Any:
-    doc = queries.task(couch(), record, name, platform)
-    doc["files"] = [file_json(record, doc, f) for f in doc["files"]]
-    doc["log"] = url_for(".task_log", record=record, name=name, platform=platform)
+@bp.get("/records/<record>/tasks/<spec>")
+def task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    doc["files"] = [file_json(record, f) for f in doc["files"]]
+    doc["log"] = url_for(".task_log", record=record, spec=doc["spec"])
     return jsonify(doc)
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>/log")
-def task_log(record: str, name: str, platform: str) -> Any:
+@bp.get("/records/<record>/tasks/<spec>/log")
+def task_log(record: str, spec: str) -> Any:
     offset = int_arg("offset", 0, -1, 1 << 40)
-    return jsonify(queries.task_log(couch(), record, name, platform, offset))
+    return jsonify(queries.task_log(couch(), record, spec, offset))
 
 
 # -- hosts and history --------------------------------------------------------------------
@@ -183,18 +183,18 @@ def rerun(name: str) -> Any:
     return record_changed(name, "re-ran", client.rerun(couch(), name, selected_task()))
 
 
-@bp.post("/records/<record>/tasks/<name>/<platform>/cancel")
+@bp.post("/records/<record>/tasks/<spec>/cancel")
 @token_required
-def cancel_task(record: str, name: str, platform: str) -> Any:
-    queries.task(couch(), record, name, platform)
-    return record_changed(record, "cancelled", client.cancel(couch(), record, f"{name}@{platform}"))
+def cancel_task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    return record_changed(record, "cancelled", client.cancel(couch(), record, doc["spec"]))
 
 
-@bp.post("/records/<record>/tasks/<name>/<platform>/rerun")
+@bp.post("/records/<record>/tasks/<spec>/rerun")
 @token_required
-def rerun_task(record: str, name: str, platform: str) -> Any:
-    queries.task(couch(), record, name, platform)
-    return record_changed(record, "re-ran", client.rerun(couch(), record, f"{name}@{platform}"))
+def rerun_task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    return record_changed(record, "re-ran", client.rerun(couch(), record, doc["spec"]))
 
 
 @bp.post("/records")
@@ -215,7 +215,7 @@ def submit() -> Any:
     response = jsonify(
         message=f"record {record['name']}: {len(tasks)} tasks submitted",
         record=record_json(client.public(record)),
-        tasks=[f"{t['name']}@{t['platform']}" for t in tasks],
+        tasks=[task_spec(t) for t in tasks],
     )
     response.status_code = 201
     response.headers["Location"] = url_for(".record", name=record["name"])
