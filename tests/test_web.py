@@ -645,6 +645,84 @@ def test_submit_takes_the_json_of_a_record_file(project):
     assert couch.get_or_none("record:rev-2") is None
 
 
+def submitted_and_ended(couch: Couch, project: Settings, states: dict[str, str]) -> None:
+    """Record r1 submitted as the CLI does (echo tasks, one per key), its tasks ended with
+    `states` (key -> state) as the master would end them."""
+    client.add_host(couch, "local", "linux", local=True)
+    client.submit(couch, client.registry(settings=project), "r1",
+                  [{"name": "echo", "key": key, "args": {"message": key}} for key in states],
+                  meta={"branch": "main"})
+    for key, state in states.items():
+        doc = couch.get(f"task:r1:echo:linux:{key}")
+        finish(doc, state)
+        couch.put(doc)
+
+
+def test_rerun_failed_and_rerun_as_a_new_record_through_the_api(project):
+    couch = Couch(project.couch_url, project.database)
+    submitted_and_ended(couch, project, {"a": "success", "b": "failed", "c": "error"})
+    web = create_app(settings_for(couch, TOKEN, project=project), couch).test_client()
+    revs = {doc["_id"]: doc["_rev"] for doc in couch.docs_by_prefix("task:r1:")}
+    for bad, message in [
+        ({"as": "bad name"}, "invalid record name 'bad name'"),
+        ({"as": "r1"}, "record 'r1' exists already"),
+        ({"as": 7}, "as must be a str, not 7"),
+        ({"failed": "yes"}, "failed must be a bool, not 'yes'"),
+        ({"colour": "red"}, "unknown key 'colour' (known: task, failed, as)"),
+        ([1], "the request body must be a JSON object"),
+        ({"as": "r9", "task": "nope"}, "record r1 has no task 'nope'"),
+    ]:
+        refused = web.post("/api/v1/records/r1/rerun", json=bad, headers=auth())
+        assert refused.status_code == 400, (bad, refused.get_json())
+        error = refused.get_json()["error"]
+        assert message in error and "\n" not in error, (bad, error)
+    assert {doc["_id"]: doc["_rev"] for doc in couch.docs_by_prefix("task:r1:")} == revs
+    assert [r["name"] for r in client.list_records(couch)] == ["r1"]  # nothing written
+
+    failed = web.post("/api/v1/records/r1/rerun", json={"failed": True}, headers=auth())
+    assert failed.status_code == 200 and failed.get_json()["changed"] == 2
+    assert [couch.get(f"task:r1:echo:linux:{k}")["state"] for k in "abc"] == [
+        "success", "pending", "pending"]
+
+    again = web.post("/api/v1/records/r1/rerun", json={"as": "r2"}, headers=auth())
+    assert again.status_code == 201, again.get_json()
+    assert again.get_json()["page"] == "/records/r2"
+    assert again.get_json()["tasks"] == ["echo@linux:a", "echo@linux:b", "echo@linux:c"]
+    assert again.headers["Location"] == "/api/v1/records/r2"
+    assert client.get_record(couch, "r2")["meta"] == {"branch": "main", "rerun_of": "r1"}
+    only_b = web.post("/api/v1/records/r1/rerun", json={"as": "r3", "task": "echo:b"},
+                      headers=auth())
+    assert only_b.get_json()["tasks"] == ["echo@linux:b"]
+
+
+def test_record_page_offers_rerun_failed_and_rerun_as_with_a_token(couch, web, writable):
+    add_record(couch, "r1", {"build@linux": "failed"})
+    page = text_of(writable.get("/records/r1"))
+    assert 'data-post="/api/v1/records/r1/rerun" data-body="{&#34;failed&#34;: true}"' in page
+    assert '<form class="rerun-as" data-post="/api/v1/records/r1/rerun"' in page
+    assert 'name="as"' in page and "Re-run as new record" in page
+    read_only = text_of(web.get("/records/r1"))
+    assert "Re-run failed" not in read_only and "rerun-as" not in read_only
+
+
+def test_task_page_shows_earlier_runs_newest_first(couch, web):
+    add_record(couch, "r1", {"build@linux": "failed"})
+    client.rerun(couch, "r1")
+    doc = couch.get("task:r1:build:linux")
+    finish(doc, "error", host="h2", duration=75)
+    couch.put(doc)
+    client.rerun(couch, "r1")
+    page = text_of(web.get("/records/r1/tasks/build@linux"))
+    assert "Earlier runs" in page
+    earlier = page.split("Earlier runs")[1].split("</table>")[0]
+    assert earlier.index("it error") < earlier.index("it failed")  # newest first
+    for text in ("h1", "h2", "1 min 15 s", "1.5 s", 'badge s-failed', 'badge s-error'):
+        assert text in earlier, text
+    assert 'badge s-pending">pending' in page  # the run now
+    assert web.get("/api/v1/records/r1/tasks/build@linux").get_json()["earlier"][0][
+        "state"] == "failed"
+
+
 # -- the database goes away -----------------------------------------------------------------
 
 
