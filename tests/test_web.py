@@ -3,11 +3,13 @@ client; data is written with dirt.documents and dirt.client as the master and CL
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -362,6 +364,19 @@ def test_keyed_tasks_of_one_module_have_their_own_rows_pages_logs_and_files(tmp_
     assert {f["name"]: f["url"] for f in tasks[0]["files"]}["result.txt"] == (
         "/records/data-1/tasks/inputs@linux:a/files/result.txt")
 
+    # all of the record's files in one zip, each under its task's spec
+    answer = web.get("/records/data-1/artifacts.zip")
+    assert answer.status_code == 200 and answer.mimetype == "application/zip"
+    assert 'filename=data-1.zip' in answer.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as archive:
+        assert sorted(archive.namelist()) == [
+            "LEFT-OUT.txt", "inputs@linux:a/log.txt", "inputs@linux:a/result.txt",
+            "inputs@linux:b/log.txt", "inputs@linux:b/result.txt"]
+        assert archive.read("inputs@linux:b/result.txt") == b"result of b"
+        assert b"processing input a" in archive.read("inputs@linux:a/log.txt")
+        left_out = archive.read("LEFT-OUT.txt").decode()
+    assert "inputs@linux:a: '../escape.txt' is not a safe file name" in left_out
+    assert 'href="/records/data-1/artifacts.zip"' in page
 
 
 def test_a_spec_naming_several_tasks_or_none_is_404_naming_the_candidates(couch, web):
@@ -721,6 +736,69 @@ def test_task_page_shows_earlier_runs_newest_first(couch, web):
     assert 'badge s-pending">pending' in page  # the run now
     assert web.get("/api/v1/records/r1/tasks/build@linux").get_json()["earlier"][0][
         "state"] == "failed"
+
+
+# -- text files inline, and all files as a zip ----------------------------------------------
+
+HOSTILE = b'<script>alert(1)</script></pre><img src=x onerror=alert(2)>\n'
+
+
+def attach(couch: Couch, doc_id: str, files: dict[str, tuple[bytes, str]]) -> None:
+    rev = couch.get(doc_id)["_rev"]
+    for name, (body, content_type) in files.items():
+        rev = couch.put_attachment(doc_id, rev, name, body, content_type)
+
+
+def test_text_files_are_shown_escaped_in_a_view_where_nothing_runs(couch, couch_server):
+    add_record(couch, "r1", {"build@linux": "success"})
+    attach(couch, "task:r1:build:linux", {
+        "log.txt": (b"log\n", "text/plain"), "evil.txt": (HOSTILE, "text/plain"),
+        "junit.xml": (b"<testsuite tests='3'/>" + b"x" * 100, "application/octet-stream"),
+        "page.html": (HOSTILE, "text/html"), "logo.png": (b"\x89PNG", "image/png")})
+    web = create_app(settings_for(couch), couch, VIEW_BYTES=50).test_client()
+    base = "/records/r1/tasks/build@linux"
+    view = web.get(f"{base}/view/evil.txt")
+    assert view.status_code == 200 and view.mimetype == "text/html"
+    body = text_of(view)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;/pre&gt;&lt;img" in body
+    assert "<script>" not in body and "<img" not in body
+    csp = view.headers["Content-Security-Policy"]
+    assert csp.startswith("sandbox ") and "default-src 'none'" in csp
+    assert "script-src" not in csp  # none: default-src 'none' covers it
+    assert view.headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert f'href="{base}/files/evil.txt?download=1"' in body
+    xml = text_of(web.get(f"{base}/view/junit.xml"))  # text by its name
+    assert "&lt;testsuite tests=&#39;3&#39;/&gt;" in xml
+    assert "The first 50 B of 122 B" in xml and "x" * 29 not in xml
+    assert web.get(f"{base}/view/logo.png").status_code == 404
+    assert web.get(f"{base}/view/nope.txt").status_code == 404
+    download = web.get(f"{base}/files/evil.txt?download=1")
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    assert download.mimetype == "application/octet-stream" and download.data == HOSTILE
+
+    page = text_of(web.get(base))
+    frames = re.findall(r'<iframe sandbox="allow-downloads" loading="lazy" title="([^"]+)"', page)
+    assert frames == ["evil.txt", "junit.xml", "page.html"]  # not the log, not the image
+    assert f'src="{base}/view/evil.txt?framed=1"' in page
+
+
+def test_zip_of_a_record_leaves_out_unsafe_names_and_what_passes_its_limit(couch):
+    add_record(couch, "r1", {"build@linux": "success", "test@linux:k1": "failed"})
+    attach(couch, "task:r1:build:linux", {
+        "log.txt": (b"build log\n", "text/plain"), "out/report.txt": (b"r" * 10, "text/plain"),
+        "../up.txt": (b"u", "text/plain"), "big.bin": (b"b" * 500, "application/octet-stream")})
+    attach(couch, "task:r1:test:linux:k1", {"log.txt": (b"test log\n", "text/plain")})
+    web = create_app(settings_for(couch), couch, ZIP_BYTES=100).test_client()
+    answer = web.get("/records/r1/artifacts.zip")
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as archive:
+        assert sorted(archive.namelist()) == [
+            "LEFT-OUT.txt", "build@linux/log.txt", "build@linux/out/report.txt",
+            "test@linux:k1/log.txt"]
+        assert archive.read("test@linux:k1/log.txt") == b"test log\n"
+        left_out = archive.read("LEFT-OUT.txt").decode().splitlines()
+    assert left_out == ["build@linux: '../up.txt' is not a safe file name",
+                        "build@linux/big.bin: 500 B would pass the 100 B one download may hold"]
+    assert web.get("/records/nope/artifacts.zip").status_code == 404
 
 
 # -- the database goes away -----------------------------------------------------------------

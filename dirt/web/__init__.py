@@ -39,6 +39,8 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
         LOG_POLL_MS=1000,  # how often a running task's log is fetched
         PAGE_SIZE=25,
         TOTALS_SECONDS=30.0,  # how long the records page reuses its counts of all tasks
+        VIEW_BYTES=512 * 1024,  # how much of a text file the task page shows inline
+        ZIP_BYTES=256 * 1024 * 1024,  # how much one zip of a record's files may hold
         COUCHAPP_STYLESHEET=couchapp.FOLDER / "_attachments" / "dirt.css",
     )
     app.config.update(overrides)
