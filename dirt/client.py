@@ -418,6 +418,11 @@ def _others(spec: TaskSpec, docs: list[dict[str, Any]]) -> str:
 def get_task(couch: Couch, record: str, task: str) -> dict[str, Any]:
     """The one task of the record that `task` names; InvalidRecord when it names none or
     several (the message lists them)."""
+    spec = documents.parse_task_spec(task)
+    if spec.platform and spec.key != ANY_KEY:  # names one id: read that document alone
+        doc = couch.get_or_none(documents.task_id(record, spec.name, spec.platform, spec.key))
+        if doc is not None and doc.get("record") == record and spec.matches(doc):
+            return doc
     chosen = _select(couch, record, task)
     if len(chosen) > 1:
         raise InvalidRecord(

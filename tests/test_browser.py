@@ -14,11 +14,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import DIRT
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
 from dirt import client, documents
@@ -50,12 +52,26 @@ def execute(ctx):
 '''
 
 
+# Text a task attaches that is markup: the page must show it as text, and run nothing.
+HOSTILE_TEXT = "<script>alert(1)</script></pre><img src=x onerror=alert(2)>"
+HOSTILE_TASK = f'''"""Attach text files that hold markup, as a test report may quote it."""
+
+
+def execute(ctx):
+    ctx.attach("evil.txt", {HOSTILE_TEXT!r}, "text/plain")
+    ctx.attach("report.xml", "<testsuite><script>alert(3)</script></testsuite>",
+               "application/xml")
+    return {{"success": True, "reason": "attached"}}
+'''
+
+
 @pytest.fixture
 def farm(project, tmp_path):
     """A project with a local host, a master (`dirt serve`) and the web app on a free port."""
     couch = Couch(project.couch_url, project.database)
     client.add_host(couch, "local", "linux", local=True, slots=3, labels=["x86_64", "docker"])
     (project.project / "tasks" / "report.py").write_text(REPORT_TASK)
+    (project.project / "tasks" / "hostile.py").write_text(HOSTILE_TASK)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
     env["DIRT_HOME"] = os.environ.get("DIRT_HOME", str(Path.home() / ".local/share/dirt"))
     with open(tmp_path / "master.log", "wb") as log:
@@ -96,10 +112,9 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_pages_in_a_real_browser(farm, couch_server):
-    couch, registry, base = farm
-    submit_history(couch, registry)
-
+@contextmanager
+def chromium_page() -> Iterator[tuple[Page, list[str]]]:
+    """A page in a fresh headless Chromium, and the script errors it reports."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
                                     timeout=TIMEOUT_MS)
@@ -109,115 +124,201 @@ def test_pages_in_a_real_browser(farm, couch_server):
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            # submitted once the browser is up (a cold start can take seconds): the page
-            # must find the sleep task still running
-            client.submit(couch, registry, "rev-1234", [
-                "echo", "report", {"name": "sleep", "platform": "linux", "args": {"seconds": 7}},
-            ], description="Nightly build of <main> — escaped, not markup", submitter="alice",
-                meta={"revision": "1a2b3c4", "branch": "main"})
-
-            # Records: newest first, with the record just submitted
-            page.goto(base + "/")
-            rows = page.locator("table.records tbody tr")
-            expect(rows.first.locator("td.name a")).to_have_text("rev-1234")
-            expect(rows).to_have_count(6)
-            expect(page.locator("text=Nightly build of <main>")).to_be_visible()
-
-            # Follow the record; keep it open in this tab to watch a state change arrive
-            page.click("text=rev-1234")
-            expect(page.locator("h1")).to_have_text("rev-1234")
-            sleep_row = page.locator("table.tasks tr", has=page.locator("a", has_text="sleep"))
-            expect(sleep_row.locator(".badge")).to_have_text("running")
-            page.evaluate("window.stillHere = true")
-
-            # The task's log grows in a second tab, without a reload
-            task_page = context.new_page()
-            task_page.goto(base + "/records/rev-1234/tasks/sleep/linux")
-            task_page.evaluate("window.stillHere = true")
-            log = task_page.locator("#log")
-            expect(log).to_contain_text("slept 1 of 7")
-            first = log.inner_text()
-            shown = max(int(n) for n in re.findall(r"slept (\d) of 7", first))
-            assert shown < 6, f"the page opened too late to see the log grow: {first!r}"
-            expect(log).to_contain_text(f"slept {shown + 1} of 7")  # a line it did not have
-            assert log.inner_text().startswith(first)
-            shot(task_page, "task-running")
-            # the task runs its 7 s first (more than expect's own 5 s)
-            expect(task_page.locator("#live .summary .badge")).to_have_text(
-                "success", timeout=TIMEOUT_MS)
-            expect(log).to_contain_text("slept 6 of 7")
-            expect(task_page.locator("#log-state")).to_contain_text("ended: success")
-            assert task_page.evaluate("window.stillHere") is True
-
-            # ... and the record tab saw the state change without a reload
-            expect(sleep_row.locator(".badge")).to_have_text("success")
-            expect(page.locator("#live .summary .badge").first).to_have_text("success")
-            assert page.evaluate("window.stillHere") is True
-            shot(page, "record")
-
-            # A finished task with a result and artifacts
-            page.click("table.tasks >> text=report")
-            expect(page.locator("#live .summary .badge")).to_have_text("success")
-            expect(page.locator("ul.files")).to_contain_text("report.html")
-            expect(page.locator("#log")).to_contain_text("checking part 2")
-            shot(page, "task")
-
-            # Write actions: unlock with the token, then cancel a running record's tasks
-            client.submit(couch, registry, "long-1", [
-                {"name": "sleep", "platform": "linux", "args": {"seconds": 120}}, "echo@linux",
-            ], description="a long job to cancel", submitter="bob")
-            page.goto(base + "/records/long-1")
-            expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
-                   ).to_have_text("running")
-            page.click("text=Cancel pending and running")
-            expect(page.locator("#message")).to_contain_text("Enter the write token")
-            page.fill("#token-form input[name=token]", "wrong")
-            page.click("#token-form button")
-            expect(page.locator("#message")).to_contain_text("refused")
-            page.fill("#token-form input[name=token]", TOKEN)
-            page.click("#token-form button")
-            expect(page.locator("#token-state")).to_be_visible()
-
-            # Hosts, while the long task runs there
-            page.goto(base + "/hosts")
-            expect(page.locator("table.hosts")).to_contain_text("alive")
-            expect(page.locator("table.hosts")).to_contain_text("long-1 / sleep")
-            shot(page, "hosts")
-
-            page.goto(base + "/records/long-1")
-            page.click("text=Cancel pending and running")
-            expect(page.locator("#message")).to_contain_text("cancelled 1 task of long-1")
-            expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
-                   ).to_have_text("cancelled")
-
-            # History of a task name: flaky flagged, charts drawn
-            page.goto(base + "/history/shell")
-            expect(page.locator(".flaky-note")).to_contain_text("shell@linux")
-            expect(page.locator("svg.grid-chart rect")).to_have_count(5)
-            expect(page.locator("svg.trend-chart polyline")).to_have_count(1)
-            shot(page, "history")
-
-            page.goto(base + "/")
-            expect(page.locator("table.records tbody tr").first).to_contain_text("long-1")
-            shot(page, "records")
-            assert not errors, errors
-
-            # The CouchApp, straight from the database: no Flask involved
-            app_url = f"{couch_server.url}/{couch.database}/_design/dirt/index.html"
-            page.goto(app_url)
-            first_row = page.locator("table.records tbody tr").first
-            expect(first_row).to_contain_text("long-1")
-            expect(page.locator("table.records")).to_contain_text("rev-1234")
-            expect(page.locator("p.totals")).to_contain_text("success")
-            shot(page, "couchapp")
-            page.click("text=rev-1234")
-            expect(page.locator("table.tasks")).to_contain_text("sleep")
-            expect(page.locator("table.tasks")).to_contain_text("report.html")
-            expect(page.locator("text=Nightly build of <main>")).to_be_visible()
-            shot(page, "couchapp-record")
-            assert not errors, errors
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_pages_in_a_real_browser(farm, couch_server):
+    couch, registry, base = farm
+    submit_history(couch, registry)
+
+    with chromium_page() as (page, errors):
+        # submitted once the browser is up (a cold start can take seconds): the page
+        # must find the sleep task still running
+        client.submit(couch, registry, "rev-1234", [
+            "echo", "report", {"name": "sleep", "platform": "linux", "args": {"seconds": 7}},
+        ], description="Nightly build of <main> — escaped, not markup", submitter="alice",
+            meta={"revision": "1a2b3c4", "branch": "main"})
+
+        # Records: newest first, with the record just submitted
+        page.goto(base + "/")
+        rows = page.locator("table.records tbody tr")
+        expect(rows.first.locator("td.name a")).to_have_text("rev-1234")
+        expect(rows).to_have_count(6)
+        expect(page.locator("text=Nightly build of <main>")).to_be_visible()
+
+        # Follow the record; keep it open in this tab to watch a state change arrive
+        page.click("text=rev-1234")
+        expect(page.locator("h1")).to_have_text("rev-1234")
+        sleep_row = page.locator("table.tasks tr", has=page.locator("a", has_text="sleep"))
+        expect(sleep_row.locator(".badge")).to_have_text("running")
+        page.evaluate("window.stillHere = true")
+
+        # The task's log grows in a second tab, without a reload
+        task_page = page.context.new_page()
+        task_page.goto(base + "/records/rev-1234/tasks/sleep@linux")
+        task_page.evaluate("window.stillHere = true")
+        log = task_page.locator("#log")
+        expect(log).to_contain_text("slept 1 of 7")
+        first = log.inner_text()
+        shown = max(int(n) for n in re.findall(r"slept (\d) of 7", first))
+        assert shown < 6, f"the page opened too late to see the log grow: {first!r}"
+        expect(log).to_contain_text(f"slept {shown + 1} of 7")  # a line it did not have
+        assert log.inner_text().startswith(first)
+        shot(task_page, "task-running")
+        # the task runs its 7 s first (more than expect's own 5 s)
+        expect(task_page.locator("#live .summary .badge")).to_have_text(
+            "success", timeout=TIMEOUT_MS)
+        expect(log).to_contain_text("slept 6 of 7")
+        expect(task_page.locator("#log-state")).to_contain_text("ended: success")
+        assert task_page.evaluate("window.stillHere") is True
+
+        # ... and the record tab saw the state change without a reload
+        expect(sleep_row.locator(".badge")).to_have_text("success")
+        expect(page.locator("#live .summary .badge").first).to_have_text("success")
+        assert page.evaluate("window.stillHere") is True
+        shot(page, "record")
+
+        # A finished task with a result and artifacts
+        page.click("table.tasks >> text=report")
+        expect(page.locator("#live .summary .badge")).to_have_text("success")
+        expect(page.locator("ul.files")).to_contain_text("report.html")
+        expect(page.locator("#log")).to_contain_text("checking part 2")
+        shot(page, "task")
+
+        # Write actions: unlock with the token, then cancel a running record's tasks
+        client.submit(couch, registry, "long-1", [
+            {"name": "sleep", "platform": "linux", "args": {"seconds": 120}}, "echo@linux",
+        ], description="a long job to cancel", submitter="bob")
+        page.goto(base + "/records/long-1")
+        expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
+               ).to_have_text("running")
+        page.click("text=Cancel pending and running")
+        expect(page.locator("#message")).to_contain_text("Enter the write token")
+        page.fill("#token-form input[name=token]", "wrong")
+        page.click("#token-form button")
+        expect(page.locator("#message")).to_contain_text("refused")
+        page.fill("#token-form input[name=token]", TOKEN)
+        page.click("#token-form button")
+        expect(page.locator("#token-state")).to_be_visible()
+
+        # Hosts, while the long task runs there
+        page.goto(base + "/hosts")
+        expect(page.locator("table.hosts")).to_contain_text("alive")
+        expect(page.locator("table.hosts")).to_contain_text("long-1 / sleep")
+        shot(page, "hosts")
+
+        page.goto(base + "/records/long-1")
+        page.click("text=Cancel pending and running")
+        expect(page.locator("#message")).to_contain_text("cancelled 1 task of long-1")
+        expect(page.locator("table.tasks tr", has_text="sleep").locator(".badge")
+               ).to_have_text("cancelled")
+
+        # History of a task name: flaky flagged, charts drawn
+        page.goto(base + "/history/shell")
+        expect(page.locator(".flaky-note")).to_contain_text("shell@linux")
+        expect(page.locator("svg.grid-chart rect")).to_have_count(5)
+        expect(page.locator("svg.trend-chart polyline")).to_have_count(1)
+        shot(page, "history")
+
+        page.goto(base + "/")
+        expect(page.locator("table.records tbody tr").first).to_contain_text("long-1")
+        shot(page, "records")
+        assert not errors, errors
+
+        # The CouchApp, straight from the database: no Flask involved
+        app_url = f"{couch_server.url}/{couch.database}/_design/dirt/index.html"
+        page.goto(app_url)
+        first_row = page.locator("table.records tbody tr").first
+        expect(first_row).to_contain_text("long-1")
+        expect(page.locator("table.records")).to_contain_text("rev-1234")
+        expect(page.locator("p.totals")).to_contain_text("success")
+        shot(page, "couchapp")
+        page.click("text=rev-1234")
+        expect(page.locator("table.tasks")).to_contain_text("sleep")
+        expect(page.locator("table.tasks")).to_contain_text("report.html")
+        expect(page.locator("text=Nightly build of <main>")).to_be_visible()
+        shot(page, "couchapp-record")
+        assert not errors, errors
+
+
+def test_keyed_tasks_rerun_and_text_files_in_a_real_browser(farm, couch_server):
+    """Two keys of one module as rows of their own; re-run failed and re-run as a new record
+    from the page with the token, the earlier run kept; text files shown, and run nothing."""
+    couch, registry, base = farm
+    client.submit(couch, registry, "data-7", [
+        {"name": "shell", "platform": "linux", "key": key, "args": {"command": f"exit {code}"}}
+        for key, code in (("a", 1), ("b", 0))] + ["hostile"], submitter="carol")
+    client.wait(couch, "data-7", timeout=90, interval=0.3)
+
+    with chromium_page() as (page, errors):
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        # the failed key first, each key a row and a URL of its own
+        page.goto(base + "/records/data-7")
+        names = page.locator("table.tasks tbody td.name > a:first-child")
+        expect(names).to_have_text(["shell:a", "shell:b", "hostile"])
+        assert [names.nth(i).get_attribute("href") for i in range(3)] == [
+            f"/records/data-7/tasks/{spec}"
+            for spec in ("shell@linux:a", "shell@linux:b", "hostile@linux")]
+        expect(page.locator("table.tasks tbody tr").first.locator(".badge")
+               ).to_have_text("failed")
+
+        # unlock, then re-run the failed task: the master runs it again
+        page.fill("#token-form input[name=token]", TOKEN)
+        page.click("#token-form button")
+        expect(page.locator("#token-state")).to_be_visible()
+        shot(page, "record-keyed")
+        page.click("text=Re-run failed")
+        expect(page.locator("#message")).to_contain_text("re-ran 1 task of data-7")
+        client.wait(couch, "data-7", timeout=90, interval=0.3)
+        assert len(couch.get("task:data-7:shell:linux:a")["attempts"]) == 2
+
+        # its page keeps the earlier run
+        page.click("text=shell:a")
+        expect(page.locator("h1")).to_contain_text("shell @linux:a")
+        earlier = page.locator("table.earlier tbody tr")
+        expect(earlier).to_have_count(1)
+        expect(earlier).to_contain_text("exit code 1")
+        expect(earlier.locator(".badge")).to_have_text("failed")
+        shot(page, "task-earlier-runs")
+
+        # re-run the failed task as a new record: the page goes there
+        page.goto(base + "/records/data-7")
+        page.fill("form.rerun-as input[name=as]", "data-8")
+        page.check("form.rerun-as input[name=failed]")
+        page.click("text=Re-run as new record")
+        expect(page).to_have_url(base + "/records/data-8")
+        expect(page.locator("h1")).to_have_text("data-8")
+        expect(page.locator("table.tasks tbody td.name > a:first-child")).to_have_text(
+            ["shell:a"])
+        expect(page.locator("dl.facts")).to_contain_text("rerun_of")
+        assert client.get_record(couch, "data-8")["meta"]["rerun_of"] == "data-7"
+
+        # text files: shown inline as text in a sandboxed frame; nothing in them runs
+        page.goto(base + "/records/data-7/tasks/hostile@linux")
+        page.click("details.text-file summary >> text=evil.txt")
+        frame = page.frame_locator("details.text-file iframe").first
+        expect(frame.locator("pre")).to_have_text(HOSTILE_TEXT)
+        expect(frame.locator("img, script")).to_have_count(0)
+        page.goto(base + "/records/data-7/tasks/hostile@linux/view/report.xml")
+        page.wait_for_load_state("load")
+        expect(page.locator("pre")).to_have_text(
+            "<testsuite><script>alert(3)</script></testsuite>")
+        page.goto(base + "/records/data-7/tasks/hostile@linux/view/evil.txt")
+        page.wait_for_load_state("load")  # a broken image's onerror fires before this
+        expect(page.locator("pre")).to_have_text(HOSTILE_TEXT)
+        expect(page.locator("img")).to_have_count(0)
+        shot(page, "text-file")
+        assert dialogs == [] and not errors, (dialogs, errors)
+
+        # the CouchApp names the keys too
+        page.goto(f"{couch_server.url}/{couch.database}/_design/dirt/index.html"
+                  "#record/data-7")
+        expect(page.locator("table.tasks td.name")).to_have_text(
+            ["shell:a", "shell:b", "hostile"])
 
 
 def test_couchapp_pages_through_records(couch, couch_server):

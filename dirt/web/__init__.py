@@ -30,7 +30,7 @@ CSP = (
 
 def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
     """The web application over `couch`; `overrides` set Flask config values."""
-    from dirt.web import api, integrations, pages
+    from dirt.web import api, integrations, moved, pages
 
     app = Flask(__name__)
     app.config.update(
@@ -39,6 +39,8 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
         LOG_POLL_MS=1000,  # how often a running task's log is fetched
         PAGE_SIZE=25,
         TOTALS_SECONDS=30.0,  # how long the records page reuses its counts of all tasks
+        VIEW_BYTES=512 * 1024,  # how much of a text file the task page shows inline
+        ZIP_BYTES=256 * 1024 * 1024,  # how much one zip of a record's files may hold
         COUCHAPP_STYLESHEET=couchapp.FOLDER / "_attachments" / "dirt.css",
     )
     app.config.update(overrides)
@@ -47,6 +49,7 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(integrations.bp)
+    app.register_blueprint(moved.bp)
     app.jinja_env.filters.update(age=fmt.age, duration=fmt.duration, size=fmt.size)
     app.jinja_env.globals.update(
         database=f"{safe_url(couch.url)} / {couch.database}",

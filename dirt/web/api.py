@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from dirt import client
-from dirt.documents import State
-from dirt.errors import InvalidRecord
+from dirt.documents import State, task_spec
+from dirt.errors import InvalidRecord, UsageError
 from dirt.tasks import Registry
 from dirt.web import queries
 from dirt.web.auth import token_required
@@ -42,8 +42,8 @@ def index() -> Any:
     return jsonify(
         records=url_for(".records"),
         record=url_for(".record", name="NAME"),
-        task=url_for(".task", record="NAME", name="TASK", platform="PLATFORM"),
-        log=url_for(".task_log", record="NAME", name="TASK", platform="PLATFORM"),
+        task=url_for(".task", record="NAME", spec="TASK@PLATFORM:KEY"),
+        log=url_for(".task_log", record="NAME", spec="TASK@PLATFORM:KEY"),
         hosts=url_for(".hosts"),
         history=url_for(".history", name="TASK"),
         seq=url_for(".seq"),
@@ -103,31 +103,31 @@ def record(name: str) -> Any:
 def task_row_json(record_name: str, task: dict[str, Any]) -> dict[str, Any]:
     return {
         **task,
-        "url": url_for(".task", record=record_name, name=task["name"], platform=task["platform"]),
-        "files": [file_json(record_name, task, f) for f in task.get("files", [])],
+        "url": url_for(".task", record=record_name, spec=task["spec"]),
+        "files": [file_json(record_name, f) for f in task.get("files", [])],
     }
 
 
-def file_json(record_name: str, task: dict[str, Any], file: dict[str, Any]) -> dict[str, Any]:
+def file_json(record_name: str, file: dict[str, Any]) -> dict[str, Any]:
     return {
         **file,
-        "url": url_for("pages.task_file", record=record_name, name=task["name"],
-                       platform=task["platform"], file=file["name"]),
+        "url": url_for("pages.task_file", record=record_name, spec=file["task"],
+                       file=file["name"]),
     }
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>")
-def task(record: str, name: str, platform: str) -> Any:
-    doc = queries.task(couch(), record, name, platform)
-    doc["files"] = [file_json(record, doc, f) for f in doc["files"]]
-    doc["log"] = url_for(".task_log", record=record, name=name, platform=platform)
+@bp.get("/records/<record>/tasks/<spec>")
+def task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    doc["files"] = [file_json(record, f) for f in doc["files"]]
+    doc["log"] = url_for(".task_log", record=record, spec=doc["spec"])
     return jsonify(doc)
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>/log")
-def task_log(record: str, name: str, platform: str) -> Any:
+@bp.get("/records/<record>/tasks/<spec>/log")
+def task_log(record: str, spec: str) -> Any:
     offset = int_arg("offset", 0, -1, 1 << 40)
-    return jsonify(queries.task_log(couch(), record, name, platform, offset))
+    return jsonify(queries.task_log(couch(), record, spec, offset))
 
 
 # -- hosts and history --------------------------------------------------------------------
@@ -154,10 +154,30 @@ def token() -> Any:
     return jsonify(writes=True)
 
 
-def selected_task() -> str | None:
-    body = request.get_json(silent=True) or {}
-    task = body.get("task") if isinstance(body, dict) else None
-    return str(task) if task else None
+# What the body of a write action on a record may hold, and the type of each value.
+ACTION_KEYS = {"task": str, "failed": bool, "as": str}
+
+
+def action_body(*allowed: str) -> dict[str, Any]:
+    """The JSON body of a write action (may be empty): an object of `allowed` keys with
+    values of their type; UsageError (a 400, nothing written) otherwise."""
+    if not request.get_data():
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object")
+    for key, value in body.items():
+        if key not in allowed:
+            raise UsageError(f"unknown key {key!r} (known: {', '.join(allowed)})")
+        if not isinstance(value, ACTION_KEYS[key]):
+            raise UsageError(f"{key} must be a {ACTION_KEYS[key].__name__}, not {value!r}")
+    return body
+
+
+def existing_record(name: str) -> None:
+    """404 for a record that does not exist."""
+    with queries.found():
+        client.get_record(couch(), name)
 
 
 def record_changed(name: str, action: str, changed: int) -> Any:
@@ -172,29 +192,40 @@ def record_changed(name: str, action: str, changed: int) -> Any:
 @bp.post("/records/<name>/cancel")
 @token_required
 def cancel(name: str) -> Any:
-    queries.record(couch(), name)  # 404 for a record that does not exist
-    return record_changed(name, "cancelled", client.cancel(couch(), name, selected_task()))
+    body = action_body("task")
+    existing_record(name)
+    return record_changed(name, "cancelled", client.cancel(couch(), name, body.get("task")))
 
 
 @bp.post("/records/<name>/rerun")
 @token_required
 def rerun(name: str) -> Any:
-    queries.record(couch(), name)
-    return record_changed(name, "re-ran", client.rerun(couch(), name, selected_task()))
+    """Re-run the record's ended tasks (`task`: those a spec names; `failed`: those that did
+    not pass), or with `as` submit them again as a new record of that name."""
+    body = action_body("task", "failed", "as")
+    existing_record(name)
+    if "as" in body:
+        settings = current_app.extensions["dirt"]["settings"]
+        record, tasks = client.rerun_as(couch(), Registry(settings.tasks_dir), name, body["as"],
+                                        body.get("task"), failed=body.get("failed", False))
+        return created(record, tasks, f"record {record['name']}: {len(tasks)} tasks of "
+                                      f"{name} submitted again")
+    changed = client.rerun(couch(), name, body.get("task"), failed=body.get("failed", False))
+    return record_changed(name, "re-ran", changed)
 
 
-@bp.post("/records/<record>/tasks/<name>/<platform>/cancel")
+@bp.post("/records/<record>/tasks/<spec>/cancel")
 @token_required
-def cancel_task(record: str, name: str, platform: str) -> Any:
-    queries.task(couch(), record, name, platform)
-    return record_changed(record, "cancelled", client.cancel(couch(), record, f"{name}@{platform}"))
+def cancel_task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    return record_changed(record, "cancelled", client.cancel(couch(), record, doc["spec"]))
 
 
-@bp.post("/records/<record>/tasks/<name>/<platform>/rerun")
+@bp.post("/records/<record>/tasks/<spec>/rerun")
 @token_required
-def rerun_task(record: str, name: str, platform: str) -> Any:
-    queries.task(couch(), record, name, platform)
-    return record_changed(record, "re-ran", client.rerun(couch(), record, f"{name}@{platform}"))
+def rerun_task(record: str, spec: str) -> Any:
+    doc = queries.task(couch(), record, spec)
+    return record_changed(record, "re-ran", client.rerun(couch(), record, doc["spec"]))
 
 
 @bp.post("/records")
@@ -212,10 +243,16 @@ def submit() -> Any:
         submitter=spec.get("submitter") or "web",
         meta=spec.get("meta") or {},
     )
+    return created(record, tasks, f"record {record['name']}: {len(tasks)} tasks submitted")
+
+
+def created(record: dict[str, Any], tasks: list[dict[str, Any]], message: str) -> Any:
+    """201 for a new record: its JSON, its tasks' specs, and where its page is."""
     response = jsonify(
-        message=f"record {record['name']}: {len(tasks)} tasks submitted",
+        message=message,
         record=record_json(client.public(record)),
-        tasks=[f"{t['name']}@{t['platform']}" for t in tasks],
+        tasks=[task_spec(t) for t in tasks],
+        page=url_for("pages.record", name=record["name"]),
     )
     response.status_code = 201
     response.headers["Location"] = url_for(".record", name=record["name"])

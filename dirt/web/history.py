@@ -1,12 +1,13 @@
-"""The history of one task name across records: pass/fail per platform, duration trend, and
-which platforms flip between pass and fail (flaky). Pure: plain data in, plain data out."""
+"""The history of one task name across records: pass/fail per series (a platform, and a key
+when the record runs the task once per key), duration trend, and which series flip between
+pass and fail (flaky). Pure: plain data in, plain data out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from dirt.documents import State
+from dirt.documents import State, TaskSpec
 
 PASS, FAIL = State.SUCCESS.value, State.FAILED.value
 FLAKY_FLIPS = 2  # pass -> fail -> pass (or the reverse) within the window is flaky
@@ -14,7 +15,7 @@ FLAKY_FLIPS = 2  # pass -> fail -> pass (or the reverse) within the window is fl
 
 @dataclass(frozen=True)
 class Run:
-    """One task of the name in one record on one platform."""
+    """One task of the name in one record on one platform (with one key)."""
 
     record: str
     created: str
@@ -23,16 +24,26 @@ class Run:
     duration: float | None = None
     host: str | None = None
     reason: str = ""
+    key: str | None = None
 
 
 @dataclass
-class Platform:
-    name: str
+class Series:
+    """The runs of one platform and key: a row of the grid."""
+
+    spec: str  # name@platform[:key], what the row's links name
+    platform: str
+    key: str | None
     runs: list[Run | None]  # one per record of the history, oldest first; None: not run there
     flips: int = 0
     flaky: bool = False
     passed: int = 0
     failed: int = 0
+
+    @property
+    def label(self) -> str:
+        """The row's label: the platform, and the key if any."""
+        return self.platform + (f":{self.key}" if self.key else "")
 
     @property
     def pass_rate(self) -> float | None:
@@ -44,19 +55,21 @@ class Platform:
 class History:
     name: str
     records: list[tuple[str, str]]  # (record, created), oldest first
-    platforms: list[Platform] = field(default_factory=list)
+    series: list[Series] = field(default_factory=list)
 
     @property
-    def flaky(self) -> list[Platform]:
-        return [p for p in self.platforms if p.flaky]
+    def flaky(self) -> list[Series]:
+        return [p for p in self.series if p.flaky]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "records": [{"name": r, "created": c} for r, c in self.records],
-            "platforms": [
+            "platforms": [  # one per series (platform and key); the name is from v1
                 {
-                    "platform": p.name,
+                    "platform": p.platform,
+                    "key": p.key,
+                    "spec": p.spec,
                     "flaky": p.flaky,
                     "flips": p.flips,
                     "passed": p.passed,
@@ -66,9 +79,9 @@ class History:
                         "host": r.host, "reason": r.reason,
                     } for r in p.runs],
                 }
-                for p in self.platforms
+                for p in self.series
             ],
-            "flaky": [p.name for p in self.flaky],
+            "flaky": [p.label for p in self.flaky],
         }
 
 
@@ -85,21 +98,23 @@ def is_flaky(states: list[str], threshold: int = FLAKY_FLIPS) -> bool:
 
 
 def build(name: str, runs: list[Run], threshold: int = FLAKY_FLIPS) -> History:
-    """Arrange runs (any order) as a grid of records (oldest first) by platform."""
+    """Arrange runs (any order) as a grid of records (oldest first) by platform and key."""
     records = sorted({(r.created, r.record) for r in runs})
     column = {record: i for i, (_, record) in enumerate(records)}
-    grid: dict[str, list[Run | None]] = {}
+    grid: dict[tuple[str, str], list[Run | None]] = {}
     for run in runs:
-        grid.setdefault(run.platform, [None] * len(records))[column[run.record]] = run
-    platforms = []
-    for platform in sorted(grid):
-        row = grid[platform]
+        row = grid.setdefault((run.platform, run.key or ""), [None] * len(records))
+        row[column[run.record]] = run
+    series = []
+    for platform, key in sorted(grid):
+        row = grid[platform, key]
         states = [r.state for r in row if r is not None]
-        platforms.append(Platform(
-            name=platform, runs=row, flips=flips(states), flaky=is_flaky(states, threshold),
+        series.append(Series(
+            spec=str(TaskSpec(name, platform, key or None)), platform=platform,
+            key=key or None, runs=row, flips=flips(states), flaky=is_flaky(states, threshold),
             passed=states.count(PASS), failed=states.count(FAIL),
         ))
-    return History(name, [(record, created) for created, record in records], platforms)
+    return History(name, [(record, created) for created, record in records], series)
 
 
 def trend_points(

@@ -20,18 +20,18 @@ from flask import (
     url_for,
 )
 
-from dirt.documents import FINAL, OVERALL_ORDER, State
+from dirt import client, documents
+from dirt.documents import OVERALL_ORDER, State
 from dirt.errors import DirtError
+from dirt.web import files, queries
 from dirt.web import format as fmt
 from dirt.web import history as hist
-from dirt.web import queries
 
 bp = Blueprint("pages", __name__)
 
 # Left to right in summary bars: what is done, then what is still to come.
 BAR_ORDER = [s.value for s in (State.SUCCESS, State.FAILED, State.ERROR, State.UNSCHEDULABLE,
                                State.CANCELLED, State.RUNNING, State.PENDING)]
-INLINE_TYPES = ("text/", "image/png", "image/jpeg", "image/gif", "application/json")
 HISTORY_SIZES = (10, 30, 100)
 
 
@@ -109,32 +109,59 @@ def count_totals(db: Any, cache: dict[str, Any], counting: threading.Lock) -> No
 @bp.get("/records/<name>")
 def record(name: str) -> Response | str:
     status = queries.record(couch(), name)
-    return page("record.html", record=status["record"], tasks=status["tasks"])
+    return page("record.html", record=status["record"],
+                tasks=documents.attention_order(status["tasks"]))
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>")
-def task(record: str, name: str, platform: str) -> Response | str:
-    doc = queries.task(couch(), record, name, platform)
+@bp.get("/records/<name>/artifacts.zip")
+def record_zip(name: str) -> Response:
+    """Every file of the record's tasks (logs too), at `<spec>/<file>`, streamed."""
+    with queries.found():
+        docs = client.record_docs(couch(), name)[1]
+    entries, left_out = files.zip_plan(docs, current_app.config["ZIP_BYTES"])
+    response = Response(files.stream_zip(couch(), entries, left_out), mimetype="application/zip")
+    response.headers.set("Content-Disposition", "attachment", filename=f"{name}.zip")
+    return response
+
+
+@bp.get("/records/<record>/tasks/<spec>")
+def task(record: str, spec: str) -> Response | str:
+    doc = queries.task(couch(), record, spec)
     live_part_only = request.headers.get("X-Dirt-Fragment") == "1"  # the log is not in it
-    log = None if live_part_only else queries.task_log(couch(), record, name, platform)
-    return page("task.html", task=doc, log=log, running=State(doc["state"]) not in FINAL,
+    log = None if live_part_only else queries.task_log(couch(), record, doc["spec"])
+    texts = [f for f in doc["files"] if f["name"] != client.LOG
+             and files.is_text(f["name"], f["content_type"])]
+    return page("task.html", task=doc, log=log, running=not doc["final"], texts=texts,
                 log_poll_ms=current_app.config["LOG_POLL_MS"])
 
 
-@bp.get("/records/<record>/tasks/<name>/<platform>/files/<path:file>")
-def task_file(record: str, name: str, platform: str, file: str) -> Response:
+@bp.get("/records/<record>/tasks/<spec>/files/<path:file>")
+def task_file(record: str, spec: str, file: str) -> Response:
     """A log or artifact. Text is shown as plain text; anything that a browser could run
-    (HTML, SVG, scripts) is a download, sandboxed, never a page of this site."""
-    body, content_type = queries.task_file(couch(), record, name, platform, file)
-    inline = content_type.startswith(INLINE_TYPES)
-    if content_type.startswith(("text/", "application/json")):
-        content_type = "text/plain; charset=utf-8"
-    response = Response(body, mimetype=None, content_type=content_type if inline else
-                        "application/octet-stream")
-    filename = file.rsplit("/", 1)[-1]
-    disposition = "inline" if inline else "attachment"
-    response.headers.set("Content-Disposition", disposition, filename=filename)
-    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    (HTML, SVG, scripts) is a download, sandboxed, never a page of this site. `?download`
+    makes any file a download."""
+    body, info = queries.task_file(couch(), record, spec, file)
+    content_type, disposition = files.served_as(info["content_type"], "download" in request.args)
+    response = Response(body, mimetype=None, content_type=content_type)
+    response.headers.set("Content-Disposition", disposition, filename=file.rsplit("/", 1)[-1])
+    response.headers["Content-Security-Policy"] = files.FILE_CSP
+    return response
+
+
+@bp.get("/records/<record>/tasks/<spec>/view/<path:file>")
+def task_view(record: str, spec: str, file: str) -> Response:
+    """A text file shown escaped in a page where nothing runs (the task page frames it);
+    a large one up to VIEW_BYTES, with a note."""
+    body, info = queries.task_file(couch(), record, spec, file)
+    if not files.is_text(file, info["content_type"]):
+        raise queries.Missing(f"{file} of task {info['task']} is not text to show here; "
+                              "download it from the task page")
+    html = render_template("view.html", record=record, spec=info["task"], file=file,
+                           framed="framed" in request.args,
+                           part=files.excerpt(body, current_app.config["VIEW_BYTES"]))
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = files.VIEW_CSP
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
 
@@ -157,17 +184,17 @@ def history(name: str) -> Response | str:
 
 def chart(history: hist.History) -> dict[str, Any]:
     """Geometry of the pass/fail grid and the duration trend (the template draws them)."""
-    cell, label = 16, max([len(p.name) for p in history.platforms] + [8]) * 7 + 12
+    cell, label = 16, max([len(p.label) for p in history.series] + [8]) * 7 + 12
     width = label + max(len(history.records), 1) * cell
     trend_width = max((len(history.records) - 1) * cell, 360)
-    durations = [r.duration for p in history.platforms for r in p.runs if r and r.duration]
+    durations = [r.duration for p in history.series for r in p.runs if r and r.duration]
     top = max(durations) if durations else 0.0
     lines = [
-        {"platform": p.name, "points": " ".join(
+        {"label": p.label, "points": " ".join(
             f"{x + label + cell / 2},{y + 10}" for x, y in hist.trend_points(
                 [r.duration if r else None for r in p.runs], trend_width, 100, top))}
-        for p in history.platforms
+        for p in history.series
     ]
     return {"cell": cell, "label": label, "width": width,
             "trend_width": label + trend_width + cell,
-            "height": len(history.platforms) * cell + 4, "lines": lines, "top": top}
+            "height": len(history.series) * cell + 4, "lines": lines, "top": top}

@@ -8,12 +8,14 @@ dirt.documents and dirt.client, as the CLI shows them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from dirt import client, documents
 from dirt.couch import Couch
-from dirt.documents import State, summarize, task_id
+from dirt.documents import State, summarize
 from dirt.errors import InvalidRecord, NotFound
 from dirt.web import history
 
@@ -203,89 +205,60 @@ def update_seq(couch: Couch) -> str:
 # -- one record ---------------------------------------------------------------------------
 
 
+@contextmanager
+def found() -> Iterator[None]:
+    """What dirt.client cannot find (a record, a task a spec names, a file) is a 404 here;
+    its message names the candidates."""
+    try:
+        yield
+    except InvalidRecord as exc:
+        raise Missing(str(exc)) from None
+
+
 def record(couch: Couch, name: str) -> dict[str, Any]:
-    """A record, its summary and its tasks (each with its files)."""
-    try:
-        status = client.record_status(couch, name)
-    except InvalidRecord:
-        raise Missing(f"no record {name!r}") from None
-    rows = couch.view("dirt", "task_files", startkey=[name], endkey=[name, {}])["rows"]
-    files = {row["id"]: row["value"] for row in rows}
-    for task in status["tasks"]:
-        task["files"] = file_list(files.get(task["id"]) or {})
-    status["record"]["notifications"] = notifications(couch, name)
+    """A record, its summary, the tasks it lacks (`missing`) and its tasks (each with its
+    files)."""
+    with found():
+        doc, docs = client.record_docs(couch, name)
+    status = client.status_of(doc, docs)
+    for row, task_doc in zip(status["tasks"], docs, strict=True):
+        row["files"] = client.files_of(task_doc)
+    status["record"]["notifications"] = documents.notifications_of(doc)
     return status
-
-
-def notifications(couch: Couch, name: str) -> list[dict[str, Any]]:
-    """What `dirt serve` sent about a record (mail, webhooks, commit statuses) and what kept
-    failing: the outcomes its notifier keeps on the record document."""
-    try:
-        return documents.notifications_of(couch.get(documents.record_id(name)))
-    except NotFound:
-        return []
-
-
-def file_list(attachments: dict[str, Any]) -> list[dict[str, Any]]:
-    """A task's attachments as a list, the log first."""
-    names = sorted(attachments, key=lambda n: (n != "log.txt", n))
-    return [
-        {"name": n, "content_type": attachments[n].get("content_type") or "",
-         "length": attachments[n].get("length") or 0}
-        for n in names
-    ]
 
 
 # -- one task -----------------------------------------------------------------------------
 
 
-def task(couch: Couch, record_name: str, name: str, platform: str) -> dict[str, Any]:
-    """A task document as the page and API show it: without attachment stubs, with files."""
-    try:
-        doc = couch.get(task_id(record_name, name, platform))
-    except NotFound:
-        raise Missing(f"no task {name}@{platform} in record {record_name!r}") from None
+def task(couch: Couch, record_name: str, spec: str) -> dict[str, Any]:
+    """The one task `spec` names, as the page and API show it: without attachment stubs,
+    with its spec, files and whether it ended."""
+    with found():
+        doc = client.get_task(couch, record_name, spec)
     shown = {k: v for k, v in doc.items() if k not in ("_attachments", "_rev")}
-    shown["files"] = file_list(doc.get("_attachments") or {})
-    shown["final"] = State(doc["state"]) in documents.FINAL
+    shown.update(key=doc.get("key") or None, spec=documents.task_spec(doc),
+                 files=client.files_of(doc), final=State(doc["state"]) in documents.FINAL)
     return shown
 
 
-def task_file(
-    couch: Couch, record_name: str, name: str, platform: str, file: str
-) -> tuple[bytes, str]:
-    """One attachment of a task: its bytes and content type."""
-    doc = task(couch, record_name, name, platform)
-    info = next((f for f in doc["files"] if f["name"] == file), None)
+def task_file(couch: Couch, record_name: str, spec: str, name: str) -> tuple[bytes, dict[str, Any]]:
+    """One file of a task: its bytes and its entry in the task's files (content type,
+    length)."""
+    shown = task(couch, record_name, spec)
+    info = next((f for f in shown["files"] if f["name"] == name), None)
     if info is None:
-        raise Missing(f"task {name}@{platform} of {record_name} has no file {file!r}")
+        raise Missing(f"task {shown['spec']} of {record_name} has no file {name!r}")
     try:
-        body = couch.get_attachment(doc["_id"], file)
+        return couch.get_attachment(shown["_id"], name), info
     except NotFound:
-        raise Missing(f"task {name}@{platform} of {record_name} has no file {file!r}") from None
-    return body, info["content_type"]
+        raise Missing(f"task {shown['spec']} of {record_name} has no file {name!r}") from None
 
 
-def task_log(
-    couch: Couch, record_name: str, name: str, platform: str, offset: int = 0
-) -> dict[str, Any]:
-    """The log from `offset` on. A log that got shorter (rewritten with its middle cut out,
-    or a new attempt) comes back whole, with `reset` set."""
-    doc = task(couch, record_name, name, platform)
-    try:
-        body = couch.get_attachment(doc["_id"], "log.txt")
-    except NotFound:
-        body = b""
-    reset = offset > len(body) or offset < 0
-    start = 0 if reset else offset
-    return {
-        "text": body[start:].decode("utf-8", "replace"),
-        "offset": start,
-        "size": len(body),
-        "reset": reset,
-        "state": doc["state"],
-        "final": doc["final"],
-    }
+def task_log(couch: Couch, record_name: str, spec: str, offset: int = 0) -> dict[str, Any]:
+    """The log from `offset` on (client.task_log: a log that got shorter comes back whole,
+    with `reset` set)."""
+    with found():
+        return client.task_log(couch, record_name, spec, offset)
 
 
 # -- hosts --------------------------------------------------------------------------------
@@ -295,7 +268,8 @@ def hosts(couch: Couch) -> list[dict[str, Any]]:
     """Every host with its slots, what it runs now and whether it is alive."""
     running: dict[str, list[dict[str, Any]]] = {}
     for row in couch.view("dirt", "tasks_running")["rows"]:
-        running.setdefault(row["key"], []).append(row["value"])
+        task = row["value"]
+        running.setdefault(row["key"], []).append({**task, "spec": documents.task_spec(task)})
     out = []
     for doc in client.list_hosts(couch):
         now = sorted(running.get(doc["name"], []), key=lambda t: t.get("started") or "")
@@ -336,7 +310,7 @@ def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
             seen.add(value["record"])
             runs.append(history.Run(
                 record=value["record"], created=row["key"][1], platform=value["platform"],
-                state=value["state"], duration=value.get("duration"),
+                key=value.get("key"), state=value["state"], duration=value.get("duration"),
                 host=value.get("host"), reason=value.get("reason") or "",
             ))
         if len(rows) < HISTORY_BATCH:

@@ -175,8 +175,12 @@
             if (f !== 'log.txt') attrs.download = f;
             return el('a', attrs, [f === 'log.txt' ? 'log' : f]);
           });
+          // a task is named name@platform[:key] (dirt/documents.py task_spec)
+          var name = el('td', {'class': 'name', title: t.name + '@' + t.platform +
+                               (t.key ? ':' + t.key : '')}, [t.name]);
+          if (t.key) name.appendChild(el('span', {'class': 'task-key'}, [':' + t.key]));
           return el('tr', {}, [
-            el('td', {'class': 'name'}, [t.name]), el('td', {}, [t.platform]),
+            name, el('td', {}, [t.platform]),
             el('td', {}, [badge(t.state)]), el('td', {}, [t.host || '']),
             el('td', {'class': 'num'}, [t.duration == null ? '' : t.duration.toFixed(1) + ' s']),
             el('td', {'class': 'num'}, [t.attempts ? String(t.attempts) : '']),

@@ -1,5 +1,6 @@
 // dirt: keeps a page current without a reload, follows a running task's log, and sends the
-// write actions (cancel, re-run) with the bearer token the user unlocked once.
+// write actions (cancel, re-run, re-run as a new record) with the bearer token the user
+// unlocked once.
 (function () {
   'use strict';
   var body = document.body;
@@ -127,20 +128,20 @@
     });
   }
 
-  document.addEventListener('click', function (event) {
-    var button = event.target.closest('button[data-post]');
-    if (!button) return;
+  // A button with data-post sends its data-body; a form with data-post sends its fields
+  // (a checkbox as true or false). An answer with `page` (a new record) goes there.
+  function send(control, url, payload) {
     var token = localStorage.getItem(TOKEN_KEY);
     if (!token) {
       message('Enter the write token (top right) first.', true);
       if (form) form.elements.token.focus();
       return;
     }
-    button.disabled = true;
-    fetch(button.dataset.post, {
+    control.disabled = true;
+    fetch(url, {
       method: 'POST',
       headers: {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'},
-      body: button.dataset.body || '{}'
+      body: payload
     })
       .then(function (response) {
         return response.json().then(function (data) {
@@ -149,9 +150,28 @@
             showToken();
           }
           message(response.ok ? data.message : data.error, !response.ok);
+          if (response.ok && data.page) location.assign(data.page);
         });
       })
       .catch(function () { message('The server did not answer.', true); })
-      .then(function () { button.disabled = false; refresh(); });
+      .then(function () { control.disabled = false; refresh(); });
+  }
+
+  document.addEventListener('click', function (event) {
+    var button = event.target.closest('button[data-post]');
+    if (button) send(button, button.dataset.post, button.dataset.body || '{}');
+  });
+
+  document.addEventListener('submit', function (event) {
+    var target = event.target.closest('form[data-post]');
+    if (!target) return;
+    event.preventDefault();
+    var fields = {};
+    Array.prototype.forEach.call(target.elements, function (field) {
+      if (!field.name) return;
+      fields[field.name] = field.type === 'checkbox' ? field.checked : field.value.trim();
+    });
+    send(target.querySelector('button[type=submit]') || target, target.dataset.post,
+         JSON.stringify(fields));
   });
 }());
