@@ -77,6 +77,7 @@ from dirt.errors import (
     UsageError,
     WaitTimeout,
 )
+from dirt.printable import printable
 from dirt.settings import Settings, load
 
 HELP = {
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         code = dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
-    except DirtError as exc:
-        print(f"dirt: error: {exc}", file=sys.stderr)
+    except DirtError as exc:  # one line, whatever the message quotes (a server's reason, a name)
+        print(f"dirt: error: {printable(str(exc), ERROR_LIMIT)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PIPE_CLOSED = 141  # as a shell reports a command ended by SIGPIPE
+ERROR_LIMIT = 1000  # characters of an error line
+REASON_WIDTH = 70  # characters of a reason in a table (`--json` has all of it)
 
 
 def dispatch(args: dict[str, Any]) -> int:
@@ -358,7 +361,8 @@ def check_hosts(couch: Any, settings: Settings, name: str | None) -> int:
     for host in names:
         diagnosis = client.check_host(couch, host, settings.state_dir / "known_hosts")
         failed += not diagnosis.ok
-        print(f"{host}: {'ok' if diagnosis.ok else 'FAILED'}: {diagnosis.message}", flush=True)
+        print(printable(f"{host}: {'ok' if diagnosis.ok else 'FAILED'}: {diagnosis.message}"),
+              flush=True)
     return 1 if failed else 0
 
 
@@ -469,8 +473,8 @@ def print_progress(status: dict[str, Any]) -> None:
     record = status["record"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].items()))
     missing = len(record["missing"])
-    print(f"{record['name']}: {counts or 'no tasks seen'}"
-          + (f", {missing} not in the database yet" if missing else ""), flush=True)
+    print(printable(f"{record['name']}: {counts or 'no tasks seen'}"
+                    + (f", {missing} not in the database yet" if missing else "")), flush=True)
 
 
 def cmd_wait(args: dict[str, Any], settings: Settings) -> int:
@@ -498,10 +502,10 @@ def cmd_status(args: dict[str, Any], settings: Settings) -> int:
 def status_table(status: dict[str, Any]) -> str:
     """A record's tasks, failed and error first, and the tasks it lacks."""
     record = status["record"]
-    head = f"record {record['name']}: {record['state']} ({record['total']} tasks)"
+    head = printable(f"record {record['name']}: {record['state']} ({record['total']} tasks)")
     rows = [[t["spec"], t["state"], t.get("host") or "",
              f"{t['duration']:.1f} s" if t.get("duration") is not None else "",
-             t.get("attempts") or 0, (t.get("reason") or "")[:70]]
+             t.get("attempts") or 0, printable(t.get("reason") or "")[:REASON_WIDTH]]
             for t in attention_order(status["tasks"])]
     rows += [[task_id, "missing", "", "", "", "submitted with the record, not in the database"]
              for task_id in record.get("missing") or []]
@@ -593,7 +597,7 @@ def get_artifacts(couch: Any, record: str, files: list[dict[str, Any]], pattern:
     for file, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(client.get_artifact(couch, record, file["task"], file["name"]))
-        print(f"{target} ({file['length']} bytes, {file['task']})")
+        print(printable(f"{target} ({file['length']} bytes, {file['task']})"))
     return 0
 
 
@@ -701,8 +705,9 @@ COMMANDS = {
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain text table, columns as wide as their widest cell."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    """A plain text table, columns as wide as their widest cell; what a cell holds is shown
+    with its control characters escaped (it may come from a task, a host or a document)."""
+    cells = [[str(c) for c in headers]] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]

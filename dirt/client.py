@@ -41,7 +41,9 @@ from dirt.documents import (
 from dirt.errors import (
     NOT_DONE,
     Conflict,
+    DatabaseError,
     DatabaseUnavailable,
+    DirtError,
     InvalidHost,
     InvalidRecord,
     NotFound,
@@ -84,33 +86,43 @@ def load_record_file(path: str | Path) -> dict[str, Any]:
     """Read a record description (JSON or YAML); InvalidRecord names what is malformed."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise InvalidRecord(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                            f"offset {exc.start})") from None
+    try:
+        data = _parse(path, text)
+    except RecursionError:
+        raise InvalidRecord(f"{path}: nested too deeply") from None
+    return check_record_spec(data, str(path))
+
+
+def _parse(path: Path, text: str) -> Any:
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidRecord(
                 f"{path}: malformed JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InvalidRecord(f"{path}: malformed YAML: {where}{problem}") from None
-    return check_record_spec(data, str(path))
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidRecord(f"{path}: malformed YAML: {where}{problem}") from None
 
 
 def check_record_spec(data: Any, where: str, need_name: bool = False) -> dict[str, Any]:
     """A record description (what `dirt submit --file` reads, and the JSON hook takes):
-    a mapping of name, description, submitter, meta and tasks; InvalidRecord otherwise."""
+    a mapping of name, description, submitter, meta and tasks, each of its shape (meta and
+    args hold JSON values only: no YAML dates, no NaN); InvalidRecord otherwise."""
     if not isinstance(data, dict):
         raise InvalidRecord(f"{where}: a record file holds a mapping (name, meta, tasks, ...)")
-    unknown = sorted(set(data) - RECORD_KEYS)
+    unknown = sorted(set(data) - RECORD_KEYS, key=str)
     if unknown:
         raise InvalidRecord(f"{where}: unknown key {unknown[0]!r} (known: {sorted(RECORD_KEYS)})")
     tasks = data.get("tasks") or []
@@ -118,28 +130,63 @@ def check_record_spec(data: Any, where: str, need_name: bool = False) -> dict[st
         raise InvalidRecord(f"{where}: tasks must be a list")
     if need_name and not data.get("name"):
         raise InvalidRecord(f"{where}: a record needs a name")
+    for key in ("name", "description", "submitter"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidRecord(f"{where}: {key} must be a string, not "
+                                f"{type(data[key]).__name__} {data[key]!r} (quote it)")
     if data.get("meta") is not None and not isinstance(data["meta"], dict):
         raise InvalidRecord(f"{where}: meta must be a mapping of names to values")
+    documents.check_json(f"{where}: meta", data.get("meta") or {})
+    for index, task in enumerate(tasks):
+        check_task_entry(task, f"{where}: tasks[{index}]")
     return data
+
+
+TASK_FIELDS = {"name": "task", "platform": "platform", "key": "task key"}
+
+
+def check_task_entry(item: Any, where: str) -> None:
+    """One task of a record: a spec `name[@platform][:key]`, or a mapping of name, platform,
+    key (names), args (a mapping of JSON values) and requires (a list of strings)."""
+    if isinstance(item, str):
+        if documents.parse_task_spec(item).key == ANY_KEY:
+            raise InvalidRecord(f"task {item}: {ANY_KEY!r} selects tasks, it is not a key")
+        return
+    if not isinstance(item, dict):
+        raise InvalidRecord(f"{where}: a task is a name or a mapping, not {item!r}")
+    unknown = sorted(set(item) - TASK_KEYS, key=str)
+    if unknown:
+        raise InvalidRecord(f"task {item.get('name')!r}: unknown key {unknown[0]!r}")
+    if "name" not in item:
+        raise InvalidRecord(f"{where}: task entry without a name: {item!r}")
+    for field, kind in TASK_FIELDS.items():
+        if field == "name" or item.get(field) is not None:
+            try:
+                documents.check_name(kind, item[field])
+            except InvalidRecord as exc:
+                raise InvalidRecord(f"{where}: {exc}") from None
+    where = f"{where} ({item['name']})"
+    args = item.get("args")
+    if args is not None and not isinstance(args, dict):
+        raise InvalidRecord(f"{where}: args must be a mapping")
+    documents.check_json(f"{where}: args", args or {})
+    requires = item.get("requires")
+    if requires is not None and not (
+        isinstance(requires, list) and all(isinstance(r, str) for r in requires)
+    ):
+        raise InvalidRecord(f"{where}: requires must be a list of strings "
+                            f"(labels or e.g. python>=3.11), not {requires!r}")
 
 
 def _task_entries(tasks: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
     entries = []
-    for item in tasks:
+    for index, item in enumerate(tasks):
+        check_task_entry(item, f"tasks[{index}]")
         if isinstance(item, str):
             spec = documents.parse_task_spec(item)
-            if spec.key == ANY_KEY:
-                raise InvalidRecord(f"task {item}: {ANY_KEY!r} selects tasks, it is not a key")
             entries.append({"name": spec.name, "platform": spec.platform, "key": spec.key})
-        elif isinstance(item, dict):
-            unknown = sorted(set(item) - TASK_KEYS)
-            if unknown:
-                raise InvalidRecord(f"task {item.get('name')!r}: unknown key {unknown[0]!r}")
-            if "name" not in item:
-                raise InvalidRecord(f"task entry without a name: {item!r}")
-            entries.append(dict(item))
         else:
-            raise InvalidRecord(f"a task is a name or a mapping, not {item!r}")
+            entries.append(dict(item))
     return entries
 
 
@@ -168,8 +215,6 @@ def plan_tasks(
                 f"use {module.name}@<platform> or add a host"
             )
         requires = entry.get("requires") or []
-        if not isinstance(requires, list):
-            raise InvalidRecord(f"task {module.name}: requires must be a list")
         parse_requirements(requires)
         for platform in wanted:
             documents.check_name("platform", platform)
@@ -220,22 +265,43 @@ def submit(
         couch.insert(record)  # a record that exists is a conflict
     except Conflict:
         raise InvalidRecord(f"record {name!r} exists already") from None
-    answers = couch.bulk_docs(task_docs)
+    try:
+        answers = couch.bulk_docs(task_docs)
+    except DirtError as exc:  # refused whole (too large) or cut off: some may be written
+        _undo(couch, record, task_docs, exc)
+        if isinstance(exc, DatabaseError) and exc.status in (400, 413):
+            raise InvalidRecord(f"record {name}: the database refused its tasks: {exc}; "
+                                "nothing was kept") from None
+        raise
     failed = [a for a in answers if a.get("error")]
     if failed:
-        _undo(couch, record, task_docs)
-        raise InvalidRecord(
+        refused = InvalidRecord(
             f"record {name}: {len(failed)} task documents were refused: "
             f"{failed[0]['id']}: {failed[0].get('reason') or failed[0]['error']}"
         )
+        _undo(couch, record, task_docs, refused)
+        raise refused
     return record, task_docs
 
 
-def _undo(couch: Couch, record: dict[str, Any], task_docs: list[dict[str, Any]]) -> None:
-    """Take back a submission that was refused halfway: its record and the tasks written."""
-    written = [doc for doc in task_docs if doc.get("_rev")]
-    couch.bulk_docs([{"_id": d["_id"], "_rev": d["_rev"], "_deleted": True}
-                     for d in [*written, record]])
+def _undo(couch: Couch, record: dict[str, Any], task_docs: list[dict[str, Any]],
+          cause: DirtError) -> None:
+    """Take back a submission refused or cut off halfway: its record and whichever of its
+    tasks the database holds (read back: a write whose answer was lost may have been
+    applied). When that fails too, say that the record is left without all its tasks."""
+    ids = [record["_id"], *(doc["_id"] for doc in task_docs)]
+    try:
+        written = couch.revs(ids)
+        answers = couch.bulk_docs([{"_id": doc_id, "_rev": rev, "_deleted": True}
+                                   for doc_id, rev in written.items()])
+        left = [a for a in answers if a.get("error")]
+        if left:
+            raise DatabaseError(f"{left[0].get('id')}: {left[0].get('reason') or left[0]['error']}")
+    except DirtError as exc:
+        raise DatabaseUnavailable(
+            f"{cause}; and record {record['name']} could not be taken back ({exc}): it lacks "
+            f"tasks, `dirt status {record['name']}` lists them missing"
+        ) from None
 
 
 # -- reading ------------------------------------------------------------------------------

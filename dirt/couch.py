@@ -276,6 +276,12 @@ class Couch:
     def all_docs(self, **params: Any) -> list[dict[str, Any]]:
         return self.request("GET", "_all_docs", params=_encode(params))["rows"]
 
+    def revs(self, ids: list[str]) -> dict[str, str]:
+        """The current `_rev` of each of `ids` that exists (deleted ones are left out)."""
+        rows = self.request("POST", "_all_docs", json={"keys": ids})["rows"]
+        return {row["id"]: row["value"]["rev"] for row in rows
+                if row.get("value") and not row["value"].get("deleted")}
+
     def docs_by_prefix(self, prefix: str) -> list[dict[str, Any]]:
         """Every document whose id starts with `prefix`, in id order."""
         rows = self.all_docs(startkey=prefix, endkey=prefix + "\ufff0", include_docs=True)

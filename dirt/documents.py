@@ -6,18 +6,22 @@ CouchApp's validate_doc_update checks the same shapes on the server.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
 from dirt.errors import InvalidHost, InvalidRecord
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: Python's $ also matches before a trailing newline ("k\n" would pass)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# an ssh destination, [user@]host: neither part may start with '-' (ssh would read an option)
+SSH_RE = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9:][A-Za-z0-9._:-]*\Z")
 
 
 class State(StrEnum):
@@ -92,6 +96,68 @@ def check_name(kind: str, name: Any) -> str:
     return name
 
 
+# What a document's free-form values (a record's meta, a task's args) may hold.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+MAX_SAFE_INT = 2**53  # beyond it a JSON number loses digits in JavaScript (PouchDB, views)
+
+
+def check_json(where: str, value: Any) -> Any:
+    """`value` as it is, when JSON holds it exactly: mappings with string keys, lists,
+    strings, booleans, null, finite numbers. What YAML also makes (a date, NaN, a set) or
+    what would lose digits, nest without end or expand without end (aliases) is refused
+    with InvalidRecord naming where it is."""
+    stack, seen = [(where, value, 0)], 0
+    while stack:
+        path, item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise InvalidRecord(f"{where}: more than {MAX_VALUES} values")
+        if depth > MAX_DEPTH:
+            raise InvalidRecord(f"{path}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise InvalidRecord(f"{path}: the key {key!r} is not a string (quote it)")
+                stack.append((f"{path}.{key}", inner, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", inner, depth + 1) for i, inner in enumerate(item))
+        else:
+            _check_scalar(path, item)
+    return value
+
+
+def _check_scalar(path: str, item: Any) -> None:
+    if item is None or isinstance(item, bool):
+        return
+    if isinstance(item, str):
+        check_text(path, item)
+    elif isinstance(item, int):
+        if abs(item) > MAX_SAFE_INT:
+            raise InvalidRecord(f"{path}: {item} has more digits than a JSON number keeps "
+                                "(quote it)")
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            raise InvalidRecord(f"{path}: {item!r} is not a number JSON can hold")
+    elif isinstance(item, date):  # YAML reads 2024-01-01 as a date
+        raise InvalidRecord(f"{path}: {item.isoformat()} is a {type(item).__name__}, not a "
+                            f"JSON value: quote it ('{item.isoformat()}')")
+    else:
+        raise InvalidRecord(f"{path}: a {type(item).__name__} is not a JSON value")
+
+
+def check_text(where: str, text: Any) -> str:
+    """A string that is valid Unicode (a file name or argument that was not UTF-8 arrives
+    with lone surrogates, which no database stores)."""
+    if not isinstance(text, str):
+        raise InvalidRecord(f"{where} must be a string, not {type(text).__name__} {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord(f"{where}: not valid UTF-8 text: {text!r}") from None
+    return text
+
+
 ANY_KEY = "*"
 
 
@@ -150,9 +216,9 @@ def new_record(
         "type": "record",
         "name": name,
         "created": created or now_iso(),
-        "description": str(description or ""),
-        "submitter": str(submitter or ""),
-        "meta": dict(meta or {}),
+        "description": check_text("record description", str(description or "")),
+        "submitter": check_text("record submitter", str(submitter or "")),
+        "meta": check_json("meta", dict(meta or {})),
     }
 
 
@@ -172,6 +238,7 @@ def new_task(
         check_name("task key", key)
     if args is not None and not isinstance(args, dict):
         raise InvalidRecord(f"task {name}: args must be a mapping")
+    check_json(f"task {name}: args", args or {})
     return {
         "_id": task_id(record["name"], name, platform, key),
         "type": "task",
@@ -303,12 +370,13 @@ def new_host(
         raise InvalidHost(f"invalid host name {name!r}: use letters, digits, '.', '_' and '-'")
     if not platform:
         raise InvalidHost(f"host {name}: a platform is required (--platform=<p>)")
-    if not NAME_RE.match(platform):
+    if not isinstance(platform, str) or not NAME_RE.match(platform):
         raise InvalidHost(f"host {name}: invalid platform {platform!r}")
     if local == bool(ssh):
         raise InvalidHost(f"host {name}: give exactly one of --local and --ssh=<user@host>")
-    if ssh and not re.match(r"^([A-Za-z0-9._-]+@)?[A-Za-z0-9._:-]+$", ssh):
-        raise InvalidHost(f"host {name}: invalid --ssh destination {ssh!r}, want user@host")
+    if ssh and not SSH_RE.match(ssh):
+        raise InvalidHost(f"host {name}: invalid --ssh destination {ssh!r}, want user@host "
+                          "(letters, digits, '.', '_', '-', neither part starting with '-')")
     if slots is not None and slots < 1:
         raise InvalidHost(f"host {name}: --slots must be at least 1")
     if port is not None and not 0 < port < 65536:

@@ -28,8 +28,8 @@ from dirt.settings import GitHubSettings
 META_REPOSITORY = "github_repository"
 META_REVISION = "revision"
 API_VERSION = "2022-11-28"
-REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\Z")
+SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 DESCRIPTION_LIMIT = 140  # GitHub refuses longer descriptions
 
 

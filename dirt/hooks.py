@@ -37,6 +37,7 @@ GITHUB_SIGNATURE = "x-hub-signature-256"
 DIRT_SIGNATURE = "x-dirt-signature-256"
 STALE_CLAIM_SECONDS = 300.0  # a delivery claimed but never finished (crash) may be redone
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+COMMIT_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")  # SHA-1 or SHA-256 repositories
 
 
 class HookError(DirtError):
@@ -97,6 +98,8 @@ def _json(body: bytes) -> Any:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HookError(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HookError("the body is nested too deeply") from None
 
 
 # -- the two hooks ------------------------------------------------------------------------
@@ -282,21 +285,26 @@ class PushEvent:
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         repository = payload["repository"]
-        self.repository: str = repository["full_name"]
-        self.html_url: str = repository.get("html_url") or ""
-        self.ref: str = payload["ref"]
-        self.after: str = payload["after"]
+        self.repository: str = _field(repository, "full_name", "repository.full_name")
+        self.html_url: str = _field(repository, "html_url", "repository.html_url", "")
+        self.ref: str = _field(payload, "ref", "ref")
+        self.after: str = _field(payload, "after", "after")
+        if not COMMIT_RE.match(self.after.lower()):
+            raise HookError(f"not a push event payload: after {self.after[:80]!r} is not a "
+                            "commit id")
         self.deleted = bool(payload.get("deleted"))
+        self.compare = _field(payload, "compare", "compare", "")
         prefix = "refs/heads/"
         self.branch = self.ref[len(prefix):] if self.ref.startswith(prefix) else None
         head = payload.get("head_commit") or {}
-        self.message = (head.get("message") or "").strip()
+        self.message = _field(head, "message", "head_commit.message", "").strip()
         pusher = payload.get("pusher") or {}
         sender = payload.get("sender") or {}
         self.pusher = str(pusher.get("name") or sender.get("login") or "github")
 
     @classmethod
     def parse(cls, payload: Any) -> PushEvent:
+        """The event, or HookError (400) naming what the payload lacks or holds wrongly."""
         try:
             return cls(payload)
         except (KeyError, TypeError, AttributeError):
@@ -316,9 +324,21 @@ class PushEvent:
             "github_repository": self.repository,
             "branch": self.branch,
             "revision": self.after,
-            "compare": self.payload.get("compare") or "",
+            "compare": self.compare,
             "hook_delivery": delivery,
         }
+
+
+def _field(mapping: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """A string of a push payload; HookError (400) when it is missing (and has no default)
+    or is not a string: GitHub's payloads are checked as any other input."""
+    value = mapping.get(key) if default is not None else mapping[key]
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise HookError(f"not a push event payload: {where} is {type(value).__name__} "
+                        f"{str(value)[:80]!r}, not a string")
+    return value
 
 
 def record_name(entry: GitHubHook, push: PushEvent, delivery: str) -> str:

@@ -3,6 +3,10 @@
 A JSON line holds `time`, `level`, `logger` and `message`, plus `record`, `task` and `host`
 when the message is about one (passed as `extra={"task": ..., "host": ...}`; a task's record is
 read from its id), and `exception` with the traceback when there is one.
+
+A message often carries what a task or a host said (a reason, an error): both formats show
+its control characters escaped (a task cannot move the cursor or fake a log line) and cut it
+to MESSAGE_LIMIT characters.
 """
 
 from __future__ import annotations
@@ -11,11 +15,30 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
+
+from dirt.printable import printable, printable_lines
 
 FORMATS = ("text", "json")
 FIELDS = ("record", "task", "host")
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+MESSAGE_LIMIT = 2000  # characters of one message; a longer reason is cut with a note
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message with its control characters escaped, cut to MESSAGE_LIMIT."""
+    return printable(record.getMessage(), MESSAGE_LIMIT)
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT lines whose message and traceback show no control characters."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = message_of(record)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return printable_lines(super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,7 +50,7 @@ class JsonFormatter(logging.Formatter):
                 timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message_of(record),
         }
         for field in FIELDS:
             value = getattr(record, field, None)
@@ -46,5 +69,5 @@ def setup(level: int, fmt: str = "text", stream: TextIO | None = None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"--log-format is text or json, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])

@@ -27,7 +27,7 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 REQUIREMENT_RE = re.compile(r"^\s*([a-z]+)\s*(>=|<=|==|!=|>|<)\s*([A-Za-z0-9._-]+)\s*$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

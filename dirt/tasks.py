@@ -27,11 +27,17 @@ class TaskModule:
 
 
 def read_module(path: Path) -> TaskModule:
-    source = path.read_text()
+    try:
+        source = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start})") from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         raise ConfigError(f"{path}: syntax error on line {exc.lineno}: {exc.msg}") from None
+    except ValueError as exc:  # a null byte
+        raise ConfigError(f"{path}: {exc}") from None
     values: dict[str, object] = {}
     has_execute = False
     for node in tree.body:

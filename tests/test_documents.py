@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
+import re
+
 import pytest
 
 from dirt import documents
@@ -26,10 +30,45 @@ def test_valid_names(name):
     assert documents.check_name("record", name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "a:b", "x" * 129, None, 3])
+@pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "a:b", "x" * 129, None, 3,
+                                  "r1\n"])
 def test_invalid_names_say_which_kind(name):
     with pytest.raises(InvalidRecord, match="invalid record name"):
         documents.check_name("record", name)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ({"d": datetime.date(2024, 1, 1)}, "args.d: 2024-01-01 is a date, not a JSON value"),
+    ({"t": datetime.datetime(2024, 1, 1, 12)}, "args.t: 2024-01-01T12:00:00 is a datetime"),
+    ({"x": [1, float("nan")]}, "args.x[1]: nan is not a number"),
+    ({"x": float("-inf")}, "args.x: -inf is not a number"),
+    ({1: "one"}, "args: the key 1 is not a string"),
+    ({"n": 2**60}, "args.n: 1152921504606846976 has more digits"),
+    ({"s": {1, 2}}, "args.s: a set is not a JSON value"),
+    ({"b": b"raw"}, "args.b: a bytes is not a JSON value"),
+    ({"u": "\udcff"}, "args.u: not valid UTF-8 text"),
+    ({"deep": functools.reduce(lambda inner, _: [inner], range(40), [])},
+     "nested more than 32 levels deep"),
+])
+def test_values_json_cannot_hold_exactly_are_refused(value, words):
+    with pytest.raises(InvalidRecord, match=re.escape(words)):
+        documents.check_json("args", value)
+    with pytest.raises(InvalidRecord, match=re.escape(words.replace("args", "task t: args"))):
+        documents.new_task(documents.new_record("r1"), "t", "linux", 0, args=value)
+
+
+def test_json_values_pass_as_they_are():
+    value = {"s": "text", "n": 2**53, "f": 1.5, "b": True, "none": None, "l": [{"a": []}]}
+    assert documents.check_json("meta", value) is value
+    assert documents.new_record("r1", meta=value)["meta"] == value
+
+
+@pytest.mark.parametrize("destination", ["-Jevil", "-oProxyCommand", "root@-Jevil", "-u@box",
+                                         "box\n"])
+def test_an_ssh_destination_is_never_an_option(destination):
+    with pytest.raises(InvalidHost, match="invalid --ssh destination"):
+        documents.new_host("box", "linux", ssh=destination)
+    assert documents.new_host("box", "linux", ssh="ci_1@box-1.example.org")["ssh"]
 
 
 def test_task_spec_with_and_without_platform_and_key():

@@ -13,7 +13,7 @@ from dirt.errors import ConfigError
 from dirt.settings import Settings, load
 
 FOLDER = Path(__file__).parent
-DB_NAME_RE = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
+DB_NAME_RE = re.compile(r"^[a-z][a-z0-9_$()+/-]*\Z")
 
 
 def create(path: str | Path, database: str = "dirt", couch_url: str | None = None,

@@ -228,11 +228,19 @@ def rerun_task(record: str, spec: str) -> Any:
     return record_changed(record, "re-ran", client.rerun(couch(), record, doc["spec"]))
 
 
+def json_body() -> Any:
+    """The request's JSON body, None when it is none or not JSON; InvalidRecord (400) for
+    one nested deeper than the JSON parser goes."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidRecord("the request body is nested too deeply") from None
+
+
 @bp.post("/records")
 @token_required
 def submit() -> Any:
-    spec = client.check_record_spec(request.get_json(silent=True), "the request body",
-                                    need_name=True)
+    spec = client.check_record_spec(json_body(), "the request body", need_name=True)
     settings = current_app.extensions["dirt"]["settings"]
     record, tasks = client.submit(
         couch(),
