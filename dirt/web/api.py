@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -155,9 +156,25 @@ def token() -> Any:
 
 
 def selected_task() -> str | None:
-    body = request.get_json(silent=True) or {}
-    task = body.get("task") if isinstance(body, dict) else None
-    return str(task) if task else None
+    """The task spec of a cancel or re-run body ({"task": "name@platform"}); None without a
+    body, for every task. A body that names no task is refused, never read as "every task"."""
+    if not request.get_data(cache=True):
+        return None
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except ValueError as exc:
+        raise InvalidRecord(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRecord('the request body must be an object like {"task": "name@platform"}')
+    unknown = sorted(set(body) - {"task"})
+    if unknown:
+        raise InvalidRecord(f"the request body has an unknown key {unknown[0]!r} (known: task)")
+    if "task" not in body:
+        return None
+    task = body["task"]
+    if not isinstance(task, str) or not task:
+        raise InvalidRecord(f"task must be a task spec like name@platform, not {task!r}")
+    return task
 
 
 def record_changed(name: str, action: str, changed: int) -> Any:
