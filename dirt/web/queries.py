@@ -236,7 +236,8 @@ def task(couch: Couch, record_name: str, name: str, platform: str) -> dict[str, 
     except NotFound:
         raise Missing(f"no task {name}@{platform} in record {record_name!r}") from None
     shown = {k: v for k, v in doc.items() if k not in ("_attachments", "_rev")}
-    shown["files"] = file_list(doc.get("_attachments") or {})
+    shown["files"] = file_list({n: {**a, "content_type": documents.declared_type(doc, n)}
+                                for n, a in (doc.get("_attachments") or {}).items()})
     shown["final"] = State(doc["state"]) in documents.FINAL
     return shown
 
