@@ -51,6 +51,7 @@ not answer, a wait ran out of time, an internal error), 4 bad usage or input (no
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import getpass
 import json
@@ -653,9 +654,10 @@ def cmd_web(args: dict[str, Any], settings: Settings) -> int:
     except Forbidden as exc:  # a read-only replica: show what is there
         log.warning("web: the design document cannot be updated here: %s", exc)
     couchapp.warm(couch)
-    app = create_app(settings, couch)
+    web = dataclasses.replace(settings.web, host=host)  # --host is a name of this server
+    app = create_app(settings.with_(web=web), couch)
     print(f"dirt web page at {server.url(host, sock)}", flush=True)
-    server.serve(app, sock, threads=settings.web.threads)
+    server.serve(app, sock, threads=web.threads, max_body=web.max_body_bytes)
     return 0
 
 

@@ -31,6 +31,7 @@ from dirt.documents import (
     FINAL,
     State,
     TaskSpec,
+    declared_type,
     now_iso,
     record_id,
     set_state,
@@ -638,7 +639,7 @@ def files_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     attachments = doc.get("_attachments") or {}
     return [
         {"task": task_spec(doc), "name": name,
-         "content_type": attachments[name].get("content_type") or "",
+         "content_type": declared_type(doc, name),
          "length": attachments[name].get("length") or 0}
         for name in sorted(attachments, key=lambda n: (n != LOG, n))
     ]

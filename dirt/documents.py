@@ -351,6 +351,59 @@ def attention_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["state"] not in ATTENTION)
 
 
+# -- artifacts ----------------------------------------------------------------------------------
+
+# Content types a browser shows without running anything in them. The database serves a task's
+# files from its own origin, where a script could read and write everything (the CouchApp links
+# them), so an artifact of any other type is stored as text/plain (text a browser could run:
+# HTML, SVG, XML, scripts) or application/octet-stream (anything else, a download), and the type
+# the task declared is kept in the task's `artifact_types`. validate_doc_update refuses other
+# types for every writer (tests/test_documents.py checks that its list is this one).
+SAFE_TYPES = ("text/plain", "application/json", "application/octet-stream", "image/png",
+              "image/jpeg", "image/gif", "image/webp")
+SCRIPTABLE_TEXT = ("/xml", "+xml", "/javascript", "/ecmascript", "/xslt")
+CHARSET_RE = re.compile(r"charset=\"?([A-Za-z0-9._:-]{1,40})\"?", re.IGNORECASE)
+MAX_TYPE_CHARS = 200
+
+
+def essence(content_type: str) -> str:
+    """A content type without its parameters, in lower case: "text/html"."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def stored_type(declared: str) -> str:
+    """The content type an artifact declared as `declared` is stored with: one of SAFE_TYPES
+    (with its charset, if it named one), so that opened from the database it never runs."""
+    kind = essence(declared)
+    if kind not in SAFE_TYPES:
+        text = kind.startswith("text/") or kind.endswith(SCRIPTABLE_TEXT)
+        kind = "text/plain" if text else "application/octet-stream"
+    charset = CHARSET_RE.search(declared.partition(";")[2])
+    if charset and kind in ("text/plain", "application/json"):
+        return f"{kind}; charset={charset.group(1)}"
+    return kind
+
+
+def store_artifact_type(task: dict[str, Any], name: str, declared: str) -> str:
+    """The content type to store artifact `name` with; the declared one is kept in the task's
+    `artifact_types` when it differs (and forgotten when a new artifact of that name does not)."""
+    declared = str(declared)[:MAX_TYPE_CHARS]
+    stored = stored_type(declared)
+    kept = {k: v for k, v in (task.get("artifact_types") or {}).items() if k != name}
+    if essence(stored) != essence(declared):
+        kept[name] = declared
+    if kept or "artifact_types" in task:
+        task["artifact_types"] = kept
+    return stored
+
+
+def declared_type(task: dict[str, Any], name: str) -> str:
+    """The content type the task declared for its file `name` (the database may serve a safer
+    one)."""
+    declared = (task.get("artifact_types") or {}).get(name)
+    return declared or ((task.get("_attachments") or {}).get(name) or {}).get("content_type") or ""
+
+
 # -- hosts --------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dirt.couch import inline_attachment
-from dirt.documents import end_task, now_iso, outcome_of
+from dirt.documents import end_task, now_iso, outcome_of, store_artifact_type
 from dirt.logbuffer import LogBuffer
 
 if TYPE_CHECKING:
@@ -115,8 +115,9 @@ class Results:
         text = run.log.render()
         if text or "log.txt" in attachments:  # a silent task stores no log (cheaper writes)
             attachments["log.txt"] = inline_attachment(text, "text/plain; charset=utf-8")
-        for name, (content_type, data) in run.artifacts.items():
-            attachments[name] = inline_attachment(data, content_type)
+        for name, (declared, data) in run.artifacts.items():
+            stored = store_artifact_type(doc, name, declared)  # never HTML on the db's origin
+            attachments[name] = inline_attachment(data, stored)
         if attachments:
             doc["_attachments"] = attachments
         run.log.dirty = False

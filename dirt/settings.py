@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dirt.errors import ConfigError, NotAProject
 
@@ -36,11 +38,21 @@ class WebSettings:
     threads: int = 8  # requests `dirt web` answers at once (waitress's worker threads)
     token: str = ""
     url: str = ""  # the public address of `dirt web`, for links in notifications
+    allowed_hosts: tuple[str, ...] = ()  # names a request's Host may carry besides host_names
+    max_body_bytes: int = 26_214_400  # 25 MiB: GitHub's largest webhook delivery
 
     @property
     def base_url(self) -> str:
         """Where the web pages are, for links sent out (mails, commit statuses)."""
         return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The names a request's Host header may carry (against DNS rebinding): localhost,
+        the address `dirt web` listens on, the host of `url`, and `allowed_hosts` ("*": any).
+        IP addresses are always allowed: no other site can take one as its name."""
+        names = {"localhost", self.host, urlsplit(self.url).hostname or "", *self.allowed_hosts}
+        return frozenset(n.lower().rstrip(".") for n in names if n)
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,22 @@ def read_hooks(config: dict[str, Any], environ: dict[str, str]) -> HooksSettings
     )
 
 
+HOST_NAME = re.compile(r"\*|[a-z0-9_][a-z0-9_.-]{0,252}")  # no scheme, port, path or spaces
+
+
+def read_web(config: dict[str, Any]) -> WebSettings:
+    web = _table(config.get("web", {}), "web", WebSettings)
+    if web.threads < 1:
+        raise ConfigError(f"{CONFIG_NAME}: web.threads must be at least 1")
+    if web.max_body_bytes < 1024:
+        raise ConfigError(f"{CONFIG_NAME}: web.max_body_bytes must be at least 1024")
+    for name in web.allowed_hosts:
+        if not isinstance(name, str) or not HOST_NAME.fullmatch(name.lower()):
+            raise ConfigError(f"{CONFIG_NAME}: web.allowed_hosts: {name!r} is not a host name "
+                              "(give names without scheme or port: \"farm.example.org\")")
+    return web
+
+
 def load(
     project: str | None = None,
     environ: dict[str, str] | None = None,
@@ -280,9 +308,7 @@ def load(
     database = environ.get("DIRT_COUCHDB_DB") or couch.get("database") or "dirt"
     home = Path(environ.get("DIRT_HOME") or Path.home() / ".local" / "share" / "dirt")
     master = _section(config, "master", MasterSettings)
-    web = _section(config, "web", WebSettings)
-    if web.threads < 1:
-        raise ConfigError(f"{CONFIG_NAME}: web.threads must be at least 1")
+    web = read_web(config)
     if environ.get("DIRT_WEB_TOKEN"):
         web = replace(web, token=environ["DIRT_WEB_TOKEN"])
     return Settings(

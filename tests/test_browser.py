@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DIRT
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
@@ -348,6 +349,72 @@ def test_couchapp_pages_through_records(couch, couch_server):
             page.click("text=← newer")
             expect(rows).to_have_count(25)
             assert rows.all_inner_texts() == first
+        finally:
+            browser.close()
+
+
+# Artifacts whose scripts say so if a browser ever runs them, and where; the last one's type
+# is one that Chromium sniffs (and then runs as HTML).
+SAY = "<script>console.log('SCRIPT RAN: %s at ' + location.origin)</script>"
+SCRIPTED = {
+    "page.html": ("<h1>page</h1>" + SAY % "page.html", "text/html"),
+    "upper.htm": (SAY % "upper.htm", "TEXT/HTML; charset=utf-8"),
+    "chart.svg": ('<svg xmlns="http://www.w3.org/2000/svg">' + SAY % "chart.svg" + "</svg>",
+                  "image/svg+xml"),
+    "page.xhtml": ('<html xmlns="http://www.w3.org/1999/xhtml"><body>' + SAY % "page.xhtml"
+                   + "</body></html>", "application/xhtml+xml"),
+    "sniffed.bin": ("<html>" + SAY % "sniffed.bin" + "</html>", "unknown/unknown"),
+}
+SCRIPTED_TASK = f'''"""Attach pages and drawings with scripts in them."""
+
+ARTIFACTS = {SCRIPTED!r}
+
+
+def execute(ctx):
+    for name, (text, content_type) in ARTIFACTS.items():
+        ctx.attach(name, text, content_type)
+    return {{"success": True, "reason": "attached"}}
+'''
+
+
+def open_like_a_link(page, url: str) -> None:
+    """Open `url` in the tab, as a user opening a link (or a link sent to them) does; a
+    download instead of a page is fine."""
+    try:
+        page.goto(url)
+    except PlaywrightError as exc:
+        if "Download is starting" not in exc.message:
+            raise
+    page.evaluate("1")  # a round trip: the console messages of what loaded have arrived
+
+
+def test_scripts_in_html_and_svg_artifacts_never_run(farm, couch_server):
+    """Neither from the database's origin (the CouchApp's links, where a script could write
+    everything) nor from dirt web's."""
+    couch, registry, base = farm
+    (registry.folder / "scripted.py").write_text(SCRIPTED_TASK)
+    client.submit(couch, registry, "scripted", ["scripted@linux"])
+    done = client.wait(couch, "scripted", timeout=90, interval=0.3)
+    assert done["record"]["state"] == "success", done
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                    timeout=TIMEOUT_MS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            ran: list[str] = []
+            page.on("console", lambda message: ran.append(message.text))
+            page.on("dialog", lambda dialog: (ran.append(dialog.message), dialog.dismiss()))
+            for listing in (f"{couch_server.url}/{couch.database}/_design/dirt/"
+                            "index.html#record/scripted", f"{base}/records/scripted"):
+                page.goto(listing)
+                links = page.locator("td.files a")
+                expect(links).to_have_count(len(SCRIPTED))
+                hrefs = links.evaluate_all("links => links.map(a => [a.textContent, a.href])")
+                assert sorted(name for name, _ in hrefs) == sorted(SCRIPTED)
+                for _, href in hrefs:
+                    open_like_a_link(page, href)
+            assert not [text for text in ran if "SCRIPT RAN" in text]
         finally:
             browser.close()
 

@@ -49,6 +49,26 @@ def test_validate_doc_update_refuses_malformed_documents(couch):
     assert couch.get_or_none("thing") is None
 
 
+def test_no_writer_can_store_a_file_a_browser_would_run(couch):
+    """The database serves files from its own origin: HTML or SVG there could write
+    everything, so validate_doc_update refuses them from anyone, inline or on their own."""
+    doc = record("r1")
+    couch.put(doc)
+    for name, kind in [("x.html", "text/html"), ("x.svg", "image/svg+xml"),
+                       ("x.bin", "unknown/unknown"), ("x", "Text/HTML; charset=utf-8")]:
+        with pytest.raises(Forbidden, match=f"file {name!r}".replace("'", '"')):
+            couch.put_attachment(doc["_id"], doc["_rev"], name, b"<script>1</script>", kind)
+        with pytest.raises(Forbidden, match="could run in a browser"):
+            couch.put({**doc, "_attachments": {name: inline_attachment(b"<b>", kind)}})
+    assert "_attachments" not in couch.get(doc["_id"])
+    rev = couch.put_attachment(doc["_id"], doc["_rev"], "x.html", b"<script>1</script>",
+                               "text/plain")
+    kept = couch.get(doc["_id"])  # its stub is written back unchanged with other changes
+    kept["description"] = "still there"
+    couch.put(kept)
+    assert kept["_rev"] != rev and couch.get_attachment(doc["_id"], "x.html")
+
+
 def test_bulk_docs_answers_per_document(couch):
     first = record("a")
     couch.put(first)

@@ -268,3 +268,52 @@ def test_end_task_closes_the_last_attempt_with_its_duration():
     attempt = task["attempts"][-1]
     assert attempt["outcome"] == "failed" and attempt["note"] == "read back"
     assert task["result"] == {"success": False}
+
+
+@pytest.mark.parametrize(
+    ("declared", "stored"),
+    [
+        ("text/plain", "text/plain"),
+        ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+        ("application/json", "application/json"),
+        ("image/png", "image/png"),
+        ("application/octet-stream", "application/octet-stream"),
+        ("text/html", "text/plain"),
+        ("TEXT/HTML; charset=ISO-8859-1", "text/plain; charset=ISO-8859-1"),
+        ("text/html; charset=\"utf-8\"\r\nX-Evil: 1", "text/plain; charset=utf-8"),
+        ("image/svg+xml", "text/plain"),
+        ("application/xhtml+xml", "text/plain"),
+        ("application/xml", "text/plain"),
+        ("text/javascript", "text/plain"),
+        ("application/pdf", "application/octet-stream"),
+        ("unknown/unknown", "application/octet-stream"),
+        ("", "application/octet-stream"),
+        ("image/png; charset=utf-8", "image/png"),
+    ],
+)
+def test_artifacts_are_stored_with_a_type_no_browser_runs(declared, stored):
+    assert documents.stored_type(declared) == stored
+    assert documents.essence(stored) in documents.SAFE_TYPES
+
+
+def test_the_declared_type_is_kept_in_the_task_when_the_stored_one_differs():
+    task = {"_attachments": {"log.txt": {"content_type": "text/plain", "stub": True}}}
+    assert documents.store_artifact_type(task, "report.html", "text/html") == "text/plain"
+    assert documents.store_artifact_type(task, "data.json", "application/json") == (
+        "application/json")
+    assert task["artifact_types"] == {"report.html": "text/html"}
+    task["_attachments"].update({"report.html": {"content_type": "text/plain"},
+                                 "data.json": {"content_type": "application/json"}})
+    assert documents.declared_type(task, "report.html") == "text/html"
+    assert documents.declared_type(task, "data.json") == "application/json"
+    assert documents.declared_type(task, "log.txt") == "text/plain"
+    documents.store_artifact_type(task, "report.html", "text/plain")  # a re-run's new one
+    assert task["artifact_types"] == {}
+
+
+def test_validate_doc_update_knows_the_same_safe_types():
+    from dirt import couchapp
+
+    source = (couchapp.FOLDER / "validate_doc_update.js").read_text()
+    listed = source.split("var safeTypes = [", 1)[1].split("]", 1)[0]
+    assert [t.strip().strip("'") for t in listed.split(",")] == list(documents.SAFE_TYPES)

@@ -457,7 +457,10 @@ def test_attached_artifacts_are_stored(farm):
     assert doc["state"] == "success"
     attachments = doc["_attachments"]
     assert set(attachments) == {"log.txt", "report.xml", "notes.txt", "blob.bin"}
-    assert attachments["report.xml"]["content_type"] == "application/xml"
+    assert attachments["report.xml"]["content_type"] == "text/plain"  # XML may hold script
+    assert doc["artifact_types"] == {"report.xml": "application/xml"}
+    listed = {f["name"]: f["content_type"] for f in client.artifacts(farm.couch, "r1")}
+    assert listed["report.xml"] == "application/xml"  # as the task declared it
     assert attachments["notes.txt"]["content_type"].startswith("text/plain")
     get = farm.couch.get_attachment
     assert get(doc["_id"], "report.xml") == b"<testsuite tests='3'/>"

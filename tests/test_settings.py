@@ -128,3 +128,33 @@ def test_bad_dirt_toml_is_a_config_error(tmp_path, body, message):
     root = make_project(tmp_path / "proj", body)
     with pytest.raises(ConfigError, match=message):
         load(str(root), environ={}, cwd=tmp_path)
+
+
+def test_web_host_names_and_body_cap(tmp_path):
+    """The names a request's Host may carry: localhost, the listening address, the public
+    url's host and [web] allowed_hosts; bodies up to 25 MiB unless set."""
+    default = load(environ={}, cwd=tmp_path).web
+    assert default.host_names == {"localhost", "127.0.0.1"}
+    assert default.max_body_bytes == 25 * 1024 * 1024
+    root = make_project(tmp_path / "proj", '[web]\nhost = "0.0.0.0"\n'
+                        'url = "https://CI.example.org:8443/dirt"\n'
+                        'allowed_hosts = "farm.example.org."\nmax_body_bytes = 4096\n')
+    web = load(str(root), environ={}, cwd=tmp_path).web
+    assert web.host_names == {"localhost", "0.0.0.0", "ci.example.org", "farm.example.org"}
+    assert web.max_body_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('allowed_hosts = ["https://farm.example.org"]', r"'https://farm\.example\.org' is not"),
+        ('allowed_hosts = ["farm.example.org:443"]', "without scheme or port"),
+        ("allowed_hosts = [5]", "5 is not a host name"),
+        ("max_body_bytes = 10", r"web\.max_body_bytes must be at least 1024"),
+        ('max_body_bytes = "lots"', r"web\.max_body_bytes: not a number"),
+    ],
+)
+def test_bad_web_host_names_and_body_caps_are_config_errors(tmp_path, body, message):
+    root = make_project(tmp_path / "proj", f"[web]\n{body}\n")
+    with pytest.raises(ConfigError, match=message):
+        load(str(root), environ={}, cwd=tmp_path)

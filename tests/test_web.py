@@ -18,7 +18,7 @@ from conftest import DIRT, free_port
 from farm import MasterProcess, make_farm
 
 from dirt import client, couchapp, documents
-from dirt.couch import Couch
+from dirt.couch import Couch, inline_attachment
 from dirt.documents import State, set_state
 from dirt.settings import Settings, WebSettings
 from dirt.tasks import Registry
@@ -66,6 +66,15 @@ def add_record(couch: Couch, name: str, states: dict[str, str] | None = None, *,
         docs.append(doc)
     couch.bulk_docs(docs)
     return record
+
+
+def put_artifact(couch: Couch, task_id: str, name: str, body: bytes, declared: str) -> None:
+    """A task's artifact stored as the master stores it (a type no browser runs, the declared
+    one kept in the task)."""
+    doc = couch.get(task_id)
+    stored = documents.store_artifact_type(doc, name, declared)
+    doc.setdefault("_attachments", {})[name] = inline_attachment(body, stored)
+    couch.put(doc)
 
 
 def finish(doc: dict, state: str, host: str = "h1", duration: float = 1.5) -> None:
@@ -197,8 +206,8 @@ def test_record_page_shows_tasks_and_their_files(couch, web):
     add_record(couch, "r1", {"build@linux": "success", "test@mac": "failed"},
                description="the first", meta={"revision": "abc123"})
     doc = couch.get("task:r1:build:linux")
-    rev = couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"line 1\n", "text/plain")
-    couch.put_attachment(doc["_id"], rev, "report.html", b"<b>hi</b>", "text/html")
+    couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"line 1\n", "text/plain")
+    put_artifact(couch, doc["_id"], "report.html", b"<b>hi</b>", "text/html")
     page = text_of(web.get("/records/r1"))
     for text in ("the first", "abc123", "build", "test", "linux", "mac", "h1", "1.5 s",
                  "it failed", "/records/r1/tasks/build@linux/files/log.txt",
@@ -211,6 +220,7 @@ def test_record_page_shows_tasks_and_their_files(couch, web):
     build = data["tasks"][0]
     assert build["name"] == "build" and build["attempts"] == 1
     assert [f["name"] for f in build["files"]] == ["log.txt", "report.html"]
+    assert build["files"][1]["content_type"] == "text/html"  # as declared, stored as text
 
 
 def test_record_page_has_write_buttons_only_with_a_token(couch, writable):
@@ -262,9 +272,8 @@ def test_task_page_shows_result_attempts_log_and_files(couch, web):
     finish(doc, "error", host="h2")  # a second attempt
     doc["result"].update(traceback="Traceback: ZeroDivisionError <boom>", data={"tests": 12})
     couch.put(doc)
-    rev = couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"hello\n<b>log</b>\n",
-                               "text/plain")
-    couch.put_attachment(doc["_id"], rev, "out.svg", b"<svg onload=alert(1)/>", "image/svg+xml")
+    couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"hello\n<b>log</b>\n", "text/plain")
+    put_artifact(couch, doc["_id"], "out.svg", b"<svg onload=alert(1)/>", "image/svg+xml")
     page = text_of(web.get("/records/r1/tasks/build@linux"))
     for text in ("ZeroDivisionError &lt;boom&gt;", "h1", "h2", "it error", "&lt;b&gt;log",
                  "out.svg", '"tests": 12', 'data-follow="0"', "State changes"):
@@ -274,14 +283,15 @@ def test_task_page_shows_result_attempts_log_and_files(couch, web):
     assert task["state"] == "error" and len(task["attempts"]) == 2 and task["final"]
     assert "_attachments" not in task and [f["name"] for f in task["files"]] == [
         "log.txt", "out.svg"]
+    assert task["files"][1]["content_type"] == "image/svg+xml"
 
 
 def test_files_are_served_so_they_cannot_run_in_the_page(couch, web):
     add_record(couch, "r1", {"build@linux": "success"})
     doc = couch.get("task:r1:build:linux")
-    rev = couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"log line\n", "text/plain")
-    rev = couch.put_attachment(doc["_id"], rev, "x.html", b"<script>1</script>", "text/html")
-    couch.put_attachment(doc["_id"], rev, "x.svg", b"<svg/>", "image/svg+xml")
+    couch.put_attachment(doc["_id"], doc["_rev"], "log.txt", b"log line\n", "text/plain")
+    put_artifact(couch, doc["_id"], "x.html", b"<script>1</script>", "text/html")
+    put_artifact(couch, doc["_id"], "x.svg", b"<svg/>", "image/svg+xml")
     base = "/records/r1/tasks/build@linux/files/"
     log = web.get(base + "log.txt")
     assert log.data == b"log line\n" and log.mimetype == "text/plain"

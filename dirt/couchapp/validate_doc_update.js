@@ -12,6 +12,19 @@ function (newDoc, oldDoc, userCtx, secObj) {
   var name = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
   var states = ['pending', 'running', 'success', 'failed', 'error', 'unschedulable', 'cancelled'];
   need(isString(newDoc.type), 'a document needs a type');
+  // Files are served from the database's own origin, where a script could read and write
+  // everything: only types that no browser runs (dirt/documents.py SAFE_TYPES); a file kept
+  // from the revision before (a stub) is not looked at again.
+  var safeTypes = ['text/plain', 'application/json', 'application/octet-stream', 'image/png',
+                   'image/jpeg', 'image/gif', 'image/webp'];
+  var files = newDoc._attachments || {};
+  var before = (oldDoc && oldDoc._attachments) || {};
+  for (var file in files) {
+    var kind = String(files[file].content_type || '').split(';')[0].trim().toLowerCase();
+    need((files[file].stub && before[file]) || safeTypes.indexOf(kind) >= 0,
+         'file ' + JSON.stringify(file) + ' of type ' + JSON.stringify(kind) + ' could run ' +
+         'in a browser: store it as text/plain or application/octet-stream');
+  }
   if (oldDoc && !oldDoc._deleted) {
     need(oldDoc.type === newDoc.type, 'the type of a document cannot change');
   }
@@ -39,6 +52,11 @@ function (newDoc, oldDoc, userCtx, secObj) {
     need(Array.isArray(newDoc.requires), 'task requires must be a list');
     need(typeof newDoc.args === 'object' && newDoc.args !== null && !Array.isArray(newDoc.args),
          'task args must be an object');
+    var declared = newDoc.artifact_types;
+    need(declared === undefined || (typeof declared === 'object' && declared !== null &&
+         !Array.isArray(declared) && Object.keys(declared).every(function (file) {
+           return isString(declared[file]) && declared[file].length <= 200;
+         })), 'task artifact_types must map file names to content types');
     if (newDoc.state === 'running') {
       need(isString(newDoc.host), 'a running task needs a host');
     }

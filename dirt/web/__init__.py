@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from dirt import couchapp
 from dirt.couch import Couch, safe_url
@@ -30,7 +31,7 @@ CSP = (
 
 def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
     """The web application over `couch`; `overrides` set Flask config values."""
-    from dirt.web import api, integrations, moved, pages
+    from dirt.web import api, guards, integrations, moved, pages
 
     app = Flask(__name__)
     app.config.update(
@@ -42,8 +43,11 @@ def create_app(settings: Settings, couch: Couch, **overrides: Any) -> Flask:
         VIEW_BYTES=512 * 1024,  # how much of a text file the task page shows inline
         ZIP_BYTES=256 * 1024 * 1024,  # how much one zip of a record's files may hold
         COUCHAPP_STYLESHEET=couchapp.FOLDER / "_attachments" / "dirt.css",
+        MAX_CONTENT_LENGTH=settings.web.max_body_bytes,  # checked by guards.py
+        DIRT_HOST_NAMES=settings.web.host_names,
     )
     app.config.update(overrides)
+    guards.init_app(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep their order
     app.extensions["dirt"] = {"settings": settings, "couch": couch}
     app.register_blueprint(pages.bp)
@@ -106,6 +110,11 @@ def register_errors(app: Flask) -> None:
     @app.errorhandler(405)
     def not_allowed(exc: Exception) -> tuple[Any, int]:
         return error_response(405, f"{request.method} is not allowed on {request.path}")
+
+    @app.errorhandler(HTTPException)
+    def refused(exc: HTTPException) -> tuple[Any, int]:
+        """Any other refusal (a body that is not JSON, or too large): its one line."""
+        return error_response(exc.code or 500, (exc.description or exc.name).splitlines()[0])
 
     @app.errorhandler(500)
     def internal(exc: Exception) -> tuple[Any, int]:

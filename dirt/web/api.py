@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -161,9 +162,12 @@ ACTION_KEYS = {"task": str, "failed": bool, "as": str}
 def action_body(*allowed: str) -> dict[str, Any]:
     """The JSON body of a write action (may be empty): an object of `allowed` keys with
     values of their type; UsageError (a 400, nothing written) otherwise."""
-    if not request.get_data():
+    if not request.get_data(cache=True):
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise UsageError("the request body must be a JSON object")
     for key, value in body.items():

@@ -67,17 +67,20 @@ def url(host: str, sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(app: Any, sock: socket.socket, threads: int) -> None:
-    """Serve the WSGI `app` on the bound `sock` until SIGTERM or SIGINT (main thread only)."""
-    Server(app, sock, threads).run()
+def serve(app: Any, sock: socket.socket, threads: int, max_body: int | None = None) -> None:
+    """Serve the WSGI `app` on the bound `sock` until SIGTERM or SIGINT (main thread only);
+    a request announcing a body over `max_body` bytes is refused (413) after its headers."""
+    Server(app, sock, threads, max_body).run()
 
 
 class Server:
     """waitress driven one pass at a time, so that a stop signal only has to set a flag."""
 
-    def __init__(self, app: Any, sock: socket.socket, threads: int) -> None:
+    def __init__(self, app: Any, sock: socket.socket, threads: int,
+                 max_body: int | None = None) -> None:
         self.map: dict[int, Any] = {}
-        server = create_server(app, map=self.map, sockets=[sock], threads=threads)
+        limits = {} if max_body is None else {"max_request_body_size": max_body + 1}  # ">="
+        server = create_server(app, map=self.map, sockets=[sock], threads=threads, **limits)
         assert isinstance(server, BaseWSGIServer)  # one socket: one server
         self.waitress = server
         self.stopping = False
