@@ -425,6 +425,50 @@ def parse_host(doc: dict[str, Any]) -> Host:
     return Host(**values)
 
 
+# -- documents as pages show them ---------------------------------------------------------
+
+SHOWN_TASK: dict[str, Callable[[Any], Any]] = {
+    **TASK_FIELDS, "host": _optional_text, "ended": _time, "created": _time,
+    "duration": _optional_number, "reason": _text, "result": _optional(_mapping),
+}
+SHOWN_TASK_DEFAULTS: dict[str, Any] = {
+    **TASK_DEFAULTS, "state": State.ERROR.value, "key": None, "host": None, "ended": None,
+    "created": None, "duration": None, "reason": "", "result": None,
+}
+SHOWN_HOST: dict[str, Callable[[Any], Any]] = {
+    **HOST_FIELDS, "alive": _optional(_flag), "reason": _text, "last_seen": _time,
+}
+SHOWN_HOST_DEFAULTS: dict[str, Any] = {
+    "labels": [], "ssh": None, "local": None, "slots": None, "enabled": False, "facts": {},
+    "last_seen_ts": None, "alive": False, "reason": "", "last_seen": None,
+}
+
+
+def readable_task(doc: dict[str, Any]) -> dict[str, Any]:
+    """A task document as pages, the API and the CLI show it: itself when well formed, else
+    a copy with each wrong field at a harmless default and `malformed` saying what was wrong
+    (the master ends such a task `error` when it is active)."""
+    return _readable(doc, SHOWN_TASK, SHOWN_TASK_DEFAULTS)
+
+
+def readable_host(doc: dict[str, Any]) -> dict[str, Any]:
+    """A host document as pages and the CLI show it (see readable_task)."""
+    return _readable(doc, SHOWN_HOST, SHOWN_HOST_DEFAULTS)
+
+
+def _readable(doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]],
+              defaults: dict[str, Any]) -> dict[str, Any]:
+    _, wrong = _read(doc, fields)
+    if not wrong:
+        return doc
+    shown = dict(doc)
+    for name in wrong:
+        # a wrong name is still shown, as text: the document's id names it anyway
+        shown[name] = copy.deepcopy(defaults[name]) if name in defaults else str(doc.get(name))
+    shown["malformed"] = str(_malformed("document", wrong))
+    return shown
+
+
 # -- what a host says about a task --------------------------------------------------------
 
 
@@ -590,5 +634,5 @@ def artifact_name(raw: Any) -> str:
 __all__ = [
     "Attempt", "Task", "Host", "Ssh", "Started", "Log", "Artifact", "Ended", "Message",
     "parse_task", "parse_host", "parse_facts", "parse_message", "parse_ending",
-    "repaired", "task_state", "artifact_name", "plain",
+    "repaired", "task_state", "artifact_name", "plain", "readable_task", "readable_host",
 ]

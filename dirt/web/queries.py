@@ -15,6 +15,7 @@ from dirt import client, documents
 from dirt.couch import Couch
 from dirt.documents import State, summarize, task_id
 from dirt.errors import InvalidRecord, NotFound
+from dirt.shapes import readable_host, readable_task
 from dirt.web import history
 
 BATCH = 100  # records read per view query while filtering
@@ -235,7 +236,7 @@ def task(couch: Couch, record_name: str, name: str, platform: str) -> dict[str, 
         doc = couch.get(task_id(record_name, name, platform))
     except NotFound:
         raise Missing(f"no task {name}@{platform} in record {record_name!r}") from None
-    shown = {k: v for k, v in doc.items() if k not in ("_attachments", "_rev")}
+    shown = {k: v for k, v in readable_task(doc).items() if k not in ("_attachments", "_rev")}
     shown["files"] = file_list(doc.get("_attachments") or {})
     shown["final"] = State(doc["state"]) in documents.FINAL
     return shown
@@ -287,7 +288,7 @@ def hosts(couch: Couch) -> list[dict[str, Any]]:
     for row in couch.view("dirt", "tasks_running")["rows"]:
         running.setdefault(row["key"], []).append(row["value"])
     out = []
-    for doc in client.list_hosts(couch):
+    for doc in map(readable_host, client.list_hosts(couch)):
         now = sorted(running.get(doc["name"], []), key=lambda t: t.get("started") or "")
         out.append({
             "name": doc["name"],
@@ -310,6 +311,17 @@ def hosts(couch: Couch) -> list[dict[str, Any]]:
 # -- history of a task name ---------------------------------------------------------------
 
 
+def history_run(created: Any, value: dict[str, Any]) -> history.Run:
+    """A row of tasks_by_name as the history shows it; a value of the wrong type (a task
+    document written by hand) is shown as unknown."""
+    task = readable_task({"record_created": created, **value})
+    return history.Run(
+        record=str(task["record"]), created=task["record_created"],
+        platform=str(task["platform"]), state=task["state"], duration=task["duration"],
+        host=task["host"], reason=task["reason"],
+    )
+
+
 def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
     """The task `name` over the last `records` records that ran it, read newest first from
     tasks_by_name in batches until that many records are seen."""
@@ -324,11 +336,7 @@ def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
             if value["record"] not in seen and len(seen) == records:
                 return history.build(name, runs)
             seen.add(value["record"])
-            runs.append(history.Run(
-                record=value["record"], created=row["key"][1], platform=value["platform"],
-                state=value["state"], duration=value.get("duration"),
-                host=value.get("host"), reason=value.get("reason") or "",
-            ))
+            runs.append(history_run(row["key"][1], value))
         if len(rows) < HISTORY_BATCH:
             return history.build(name, runs)
         start = (rows[-1]["key"], rows[-1]["id"])
