@@ -137,28 +137,36 @@ def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
             try:
                 out.append(item(entry))
             except _Wrong as exc:
-                raise _Wrong(f"[{i}]" + ("" if str(exc)[0] in ".[" else " ") + str(exc)) \
-                    from None
+                raise _Wrong(f"[{i}]" + ("" if str(exc)[0] in ".[" else " ") + str(exc)) from None
         return tuple(out)
+
     return read
 
 
-def _object(fields: dict[str, Callable[[Any], Any]], build: Callable[..., Any]
-            ) -> Callable[[Any], Any]:
+def _object(
+    fields: dict[str, Callable[[Any], Any]], build: Callable[..., Any]
+) -> Callable[[Any], Any]:
     """A nested object whose `fields` are read like a document's."""
+
     def read(value: Any) -> Any:
         if not isinstance(value, dict):
             raise _Wrong(f"must be an object, not {shown(value)}")
         read_fields, wrong = _read(value, fields)
         if wrong:
-            raise _Wrong("; ".join(f".{name}" + ("" if why[0] in ".[" else " ") + why
-                                   for name, why in wrong.items()))
+            raise _Wrong(
+                "; ".join(
+                    f".{name}" + ("" if why[0] in ".[" else " ") + why
+                    for name, why in wrong.items()
+                )
+            )
         return build(**read_fields)
+
     return read
 
 
-def _read(doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]]
-          ) -> tuple[dict[str, Any], dict[str, str]]:
+def _read(
+    doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Every field of `doc` read; the fields that are wrong, with why."""
     values, wrong = {}, {}
     for name, read in fields.items():
@@ -170,10 +178,9 @@ def _read(doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]]
 
 
 def _malformed(what: str, wrong: dict[str, str]) -> Malformed:
-    reason = "; ".join(name + ("" if why[0] in ".[" else " ") + why
-                       for name, why in wrong.items())
+    reason = "; ".join(name + ("" if why[0] in ".[" else " ") + why for name, why in wrong.items())
     if len(reason) > MAX_REASON:
-        reason = reason[:MAX_REASON - 3] + "..."
+        reason = reason[: MAX_REASON - 3] + "..."
     return Malformed(f"malformed {what}: {reason}", tuple(wrong))
 
 
@@ -193,8 +200,12 @@ class Attempt:
 
 
 ATTEMPT_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "host": _optional_name, "master": _optional_text, "started": _time, "ended": _time,
-    "outcome": _optional_text, "reason": _text,
+    "host": _optional_name,
+    "master": _optional_text,
+    "started": _time,
+    "ended": _time,
+    "outcome": _optional_text,
+    "reason": _text,
 }
 
 
@@ -233,8 +244,13 @@ class Task:
     def pending_task(self) -> PendingTask:
         """What the scheduler sees of it."""
         return PendingTask(
-            id=self.id, record_created=self.record_created, record=self.record,
-            order=self.order, name=self.name, platform=self.platform, requires=self.requires,
+            id=self.id,
+            record_created=self.record_created,
+            record=self.record,
+            order=self.order,
+            name=self.name,
+            platform=self.platform,
+            requires=self.requires,
             avoid=tuple(a.host for a in self.attempts if a.outcome == "lost" and a.host),
         )
 
@@ -256,15 +272,29 @@ def _state(value: Any) -> State:
 # The fields a task document must have right, and what a set-aside task gets instead of a
 # wrong one (see repaired()); the ones without a default name the document itself.
 TASK_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "record": _name, "name": _name, "platform": _name, "key": _optional_name,
-    "state": _state, "record_created": _text, "order": _integer, "requires": _strings,
-    "args": _mapping, "attempts": _list_of(_object(ATTEMPT_FIELDS, Attempt)),
+    "record": _name,
+    "name": _name,
+    "platform": _name,
+    "key": _optional_name,
+    "state": _state,
+    "record_created": _text,
+    "order": _integer,
+    "requires": _strings,
+    "args": _mapping,
+    "attempts": _list_of(_object(ATTEMPT_FIELDS, Attempt)),
     "history": _list_of(_object({"state": _text, "at": _time}, Change)),
-    "lease_until": _optional_number, "started": _time,
+    "lease_until": _optional_number,
+    "started": _time,
 }
 TASK_DEFAULTS: dict[str, Any] = {
-    "record_created": "", "order": 0, "requires": [], "args": {}, "attempts": [],
-    "history": [], "lease_until": None, "started": None,
+    "record_created": "",
+    "order": 0,
+    "requires": [],
+    "args": {},
+    "attempts": [],
+    "history": [],
+    "lease_until": None,
+    "started": None,
 }
 
 
@@ -309,8 +339,11 @@ class Ssh:
 
 
 def _destination(value: Any) -> str:
-    if not isinstance(value, str) or value.startswith("-") \
-            or not SSH_DESTINATION_RE.fullmatch(value):
+    if (
+        not isinstance(value, str)
+        or value.startswith("-")
+        or not SSH_DESTINATION_RE.fullmatch(value)
+    ):
         raise _Wrong(f"must be user@host, not {shown(value)}")
     return value
 
@@ -331,11 +364,13 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[Any], str | None
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise _Wrong(f"must be {what}, not {shown(value)}")
         return value
+
     return read
 
 
 SSH_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "destination": _destination, "port": _port,
+    "destination": _destination,
+    "port": _port,
     "key": _matching(PATH_RE, "a path without spaces"),
     "python": _matching(COMMAND_RE, "a command on one line"),
 }
@@ -374,8 +409,7 @@ def _facts(value: Any) -> dict[str, str | int | float | None]:
     out: dict[str, Any] = {}
     for name in FACTS:
         fact = facts.get(name)
-        if fact is not None and (not isinstance(fact, str | int | float)
-                                 or isinstance(fact, bool)):
+        if fact is not None and (not isinstance(fact, str | int | float) or isinstance(fact, bool)):
             raise _Wrong(f"{name} must be a string or a number, not {shown(fact)}")
         out[name] = fact
     return {name: fact for name, fact in out.items() if fact is not None}
@@ -407,11 +441,20 @@ def slot_count(slots: int | None, facts: dict[str, Any]) -> int:
 
 
 HOST_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "name": _name, "platform": _name, "labels": _labels,
+    "name": _name,
+    "platform": _name,
+    "labels": _labels,
     "ssh": _optional(_object(SSH_FIELDS, Ssh)),
-    "local": _optional(_object({"python": _matching(COMMAND_RE, "a command on one line")},
-                               lambda python: {"python": python})),
-    "slots": _slots, "enabled": _flag, "facts": _facts, "last_seen_ts": _optional_number,
+    "local": _optional(
+        _object(
+            {"python": _matching(COMMAND_RE, "a command on one line")},
+            lambda python: {"python": python},
+        )
+    ),
+    "slots": _slots,
+    "enabled": _flag,
+    "facts": _facts,
+    "last_seen_ts": _optional_number,
 }
 
 
@@ -428,19 +471,42 @@ def parse_host(doc: dict[str, Any]) -> Host:
 # -- documents as pages show them ---------------------------------------------------------
 
 SHOWN_TASK: dict[str, Callable[[Any], Any]] = {
-    **TASK_FIELDS, "host": _optional_text, "ended": _time, "created": _time,
-    "duration": _optional_number, "reason": _text, "result": _optional(_mapping),
+    **TASK_FIELDS,
+    "host": _optional_text,
+    "ended": _time,
+    "created": _time,
+    "duration": _optional_number,
+    "reason": _text,
+    "result": _optional(_mapping),
 }
 SHOWN_TASK_DEFAULTS: dict[str, Any] = {
-    **TASK_DEFAULTS, "state": State.ERROR.value, "key": None, "host": None, "ended": None,
-    "created": None, "duration": None, "reason": "", "result": None,
+    **TASK_DEFAULTS,
+    "state": State.ERROR.value,
+    "key": None,
+    "host": None,
+    "ended": None,
+    "created": None,
+    "duration": None,
+    "reason": "",
+    "result": None,
 }
 SHOWN_HOST: dict[str, Callable[[Any], Any]] = {
-    **HOST_FIELDS, "alive": _optional(_flag), "reason": _text, "last_seen": _time,
+    **HOST_FIELDS,
+    "alive": _optional(_flag),
+    "reason": _text,
+    "last_seen": _time,
 }
 SHOWN_HOST_DEFAULTS: dict[str, Any] = {
-    "labels": [], "ssh": None, "local": None, "slots": None, "enabled": False, "facts": {},
-    "last_seen_ts": None, "alive": False, "reason": "", "last_seen": None,
+    "labels": [],
+    "ssh": None,
+    "local": None,
+    "slots": None,
+    "enabled": False,
+    "facts": {},
+    "last_seen_ts": None,
+    "alive": False,
+    "reason": "",
+    "last_seen": None,
 }
 
 
@@ -456,8 +522,9 @@ def readable_host(doc: dict[str, Any]) -> dict[str, Any]:
     return _readable(doc, SHOWN_HOST, SHOWN_HOST_DEFAULTS)
 
 
-def _readable(doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]],
-              defaults: dict[str, Any]) -> dict[str, Any]:
+def _readable(
+    doc: dict[str, Any], fields: dict[str, Callable[[Any], Any]], defaults: dict[str, Any]
+) -> dict[str, Any]:
     _, wrong = _read(doc, fields)
     if not wrong:
         return doc
@@ -510,8 +577,9 @@ def parse_message(message: Any) -> Message:
     if not isinstance(kind, str) or kind not in ARITY:
         raise Malformed(f"malformed message: unknown kind {shown(kind)}")
     if len(message) != ARITY[kind]:
-        raise Malformed(f"malformed message: {kind} takes {ARITY[kind] - 1} values, "
-                        f"not {shown(list(message))}")
+        raise Malformed(
+            f"malformed message: {kind} takes {ARITY[kind] - 1} values, not {shown(list(message))}"
+        )
     try:
         return _MESSAGES[kind](*message[1:])
     except _Wrong as exc:
@@ -584,8 +652,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {plain(k) if isinstance(k, str | bytes) else repr(k): plain(v)
-                for k, v in value.items()}
+        return {
+            plain(k) if isinstance(k, str | bytes) else repr(k): plain(v) for k, v in value.items()
+        }
     return repr(value)
 
 
@@ -607,9 +676,13 @@ def artifact_name(raw: Any) -> str:
     everything else is kept, so `report.html` stays `report.html` and `_cov.xml` is
     `%5Fcov.xml`."""
     if isinstance(raw, str):
-        data = raw.encode("utf-8", "surrogateescape") if all(
-            ord(ch) < 0xD800 or ord(ch) > 0xDFFF or 0xDC80 <= ord(ch) <= 0xDCFF for ch in raw
-        ) else raw.encode("utf-8", "surrogatepass")
+        data = (
+            raw.encode("utf-8", "surrogateescape")
+            if all(
+                ord(ch) < 0xD800 or ord(ch) > 0xDFFF or 0xDC80 <= ord(ch) <= 0xDCFF for ch in raw
+            )
+            else raw.encode("utf-8", "surrogatepass")
+        )
     elif isinstance(raw, bytes):
         data = raw
     else:
@@ -632,7 +705,24 @@ def artifact_name(raw: Any) -> str:
 
 
 __all__ = [
-    "Attempt", "Task", "Host", "Ssh", "Started", "Log", "Artifact", "Ended", "Message",
-    "parse_task", "parse_host", "parse_facts", "parse_message", "parse_ending",
-    "repaired", "task_state", "artifact_name", "plain", "readable_task", "readable_host",
+    "Attempt",
+    "Task",
+    "Host",
+    "Ssh",
+    "Started",
+    "Log",
+    "Artifact",
+    "Ended",
+    "Message",
+    "parse_task",
+    "parse_host",
+    "parse_facts",
+    "parse_message",
+    "parse_ending",
+    "repaired",
+    "task_state",
+    "artifact_name",
+    "plain",
+    "readable_task",
+    "readable_host",
 ]
