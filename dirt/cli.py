@@ -78,6 +78,7 @@ from dirt.errors import (
     WaitTimeout,
 )
 from dirt.settings import Settings, load
+from dirt.shapes import readable_host
 
 HELP = {
     "create": """Usage: dirt create <path> [--db=<name>] [--couch=<url>]
@@ -327,7 +328,7 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
         print(f"host {doc['name']} added ({doc['platform']}, "
               f"{'local' if doc['local'] is not None else doc['ssh']['destination']})")
     elif args["list"]:
-        hosts = client.list_hosts(couch)
+        hosts = [readable_host(h) for h in client.list_hosts(couch)]
         if args["--json"]:
             print(json.dumps([host_json(h) for h in hosts], indent=2))
         else:
@@ -335,7 +336,7 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
                 ["name", "platform", "where", "slots", "labels", "enabled", "alive", "reason"],
                 [[h["name"], h["platform"], where(h), h.get("slots") or "cpus",
                   ",".join(h.get("labels") or []), yes(h.get("enabled")), yes(h.get("alive")),
-                  h.get("reason") or ""] for h in hosts],
+                  h.get("reason") or h.get("malformed") or ""] for h in hosts],
             ))
     elif args["check"]:
         return check_hosts(couch, settings, name)

@@ -141,7 +141,8 @@ def _task_entries(tasks: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def known_platforms(couch: Couch) -> list[str]:
-    return sorted({h["platform"] for h in list_hosts(couch)})
+    platforms = (host.get("platform") for host in list_hosts(couch))
+    return sorted({p for p in platforms if isinstance(p, str) and documents.NAME_RE.fullmatch(p)})
 
 
 def plan_tasks(

@@ -152,7 +152,8 @@ def test_malformed_documents_are_set_aside_at_start_and_from_the_feed(tmp_path, 
     assert_never_failed_a_pass(again)
 
 
-def test_pages_and_the_api_answer_malformed_documents(tmp_path, couch):
+def test_pages_the_api_and_the_cli_show_malformed_documents(tmp_path, project, dirt):
+    couch = Couch(project.couch_url, project.database)
     record = put_record(couch, "odd")
     runs_file = tmp_path / "runs.txt"
     put_task(
@@ -202,6 +203,11 @@ def test_pages_and_the_api_answer_malformed_documents(tmp_path, couch):
     for url in urls:
         answer = web.get(url)
         assert answer.status_code == 200, (url, answer.status_code, answer.text[-2000:])
+    for args in (["status", "odd"], ["status", "odd", "--json"], ["hosts", "list"],
+                 ["hosts", "list", "--json"], ["status"]):
+        done = dirt(*args, project=project)
+        assert done.returncode == 0, (args, done.returncode, done.stderr)
+        assert "malformed" not in done.stderr and not done.stderr.strip(), (args, done.stderr)
 
 
 # -- what a task says -----------------------------------------------------------------------
