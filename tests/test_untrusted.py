@@ -203,8 +203,13 @@ def test_pages_the_api_and_the_cli_show_malformed_documents(tmp_path, project, d
     for url in urls:
         answer = web.get(url)
         assert answer.status_code == 200, (url, answer.status_code, answer.text[-2000:])
-    for args in (["status", "odd"], ["status", "odd", "--json"], ["hosts", "list"],
-                 ["hosts", "list", "--json"], ["status"]):
+    for args in (
+        ["status", "odd"],
+        ["status", "odd", "--json"],
+        ["hosts", "list"],
+        ["hosts", "list", "--json"],
+        ["status"],
+    ):
         done = dirt(*args, project=project)
         assert done.returncode == 0, (args, done.returncode, done.stderr)
         assert "malformed" not in done.stderr and not done.stderr.strip(), (args, done.stderr)
@@ -436,3 +441,40 @@ def test_an_unexpected_exception_in_a_pass_is_logged_and_the_master_goes_on(proj
     pauses = [float(r.getMessage().split("going on in ")[1].split()[0]) for r in failures]
     assert pauses == sorted(pauses) and pauses[-1] > pauses[0], pauses  # backs off
     assert time.monotonic() - started < 60
+
+
+def test_over_an_ssh_host_too(tmp_path, couch_server, sshd):
+    """The same messages and names from a task on a host reached over a real sshd."""
+    settings, couch = make_farm(tmp_path, couch_server.url, hosts=0)
+    client.add_host(
+        couch, "box", "linux", ssh=sshd.destination, port=sshd.port, key=str(sshd.key), slots=2
+    )
+    add_task(settings, "fd3", FD3)
+    add_task(settings, "names", NAMES)
+    client.submit(
+        couch,
+        Registry(settings.tasks_dir),
+        "remote",
+        [
+            "names@linux",
+            {
+                "name": "fd3",
+                "platform": "linux",
+                "args": {"line": '["attach","x","not base64!","text/plain"]', "child": 1},
+            },
+        ],
+    )
+    master = MasterProcess(settings.project, tmp_path / "master.log")
+    try:
+        wait_for(lambda: all_final(couch), 90, "both tasks to end")
+        names = couch.get("task:remote:names:linux")
+        assert names["state"] == "success", names["reason"]
+        assert "%5Fcoverage.xml" in names["_attachments"]
+        assert "caf%E9.txt" in names["_attachments"]
+        fd3 = couch.get("task:remote:fd3:linux")
+        assert fd3["state"] == "error"
+        assert "attach: data is not base64" in fd3["reason"], fd3["reason"]
+        assert host_doc(couch, "box")["alive"] is True
+    finally:
+        assert master.terminate() == 0, master.log()
+    assert_never_failed_a_pass(master)
