@@ -19,7 +19,7 @@ import paramiko
 
 from dirt.errors import HostUnreachable, Malformed
 from dirt.remote import Gateway, gateway_spec
-from dirt.shapes import parse_host
+from dirt.shapes import parse_facts, parse_host
 
 TIMEOUT = 10.0
 
@@ -46,13 +46,14 @@ def check_host(host: dict[str, Any], known_hosts: Path) -> Diagnosis:
             return Diagnosis(name, False, str(exc))
     gateway = Gateway(name, gateway_spec(shape, known_hosts), execnet.Group())
     try:
-        facts = gateway.facts(timeout=TIMEOUT)
-    except HostUnreachable as exc:
-        return Diagnosis(name, False, str(exc))
+        facts = parse_facts(gateway.facts(timeout=TIMEOUT))
+    except (HostUnreachable, Malformed) as exc:
+        return Diagnosis(name, False, f"host {name}: {exc}" if isinstance(exc, Malformed)
+                         else str(exc))
     finally:
         gateway.close()
-    summary = (f"{facts['os']} {facts['arch']}, Python {facts['python']}, "
-               f"{facts['cpus']} CPUs, hostname {facts['hostname']}")
+    summary = (f"{facts.get('os')} {facts.get('arch')}, Python {facts.get('python')}, "
+               f"{facts.get('cpus')} CPUs, hostname {facts.get('hostname')}")
     return Diagnosis(name, True, summary, facts)
 
 
