@@ -373,6 +373,8 @@ class Master(HostHealth, Leases, Results):
             self.dirty.discard(task_id)
         if task.state in ACTIVE or task_id in self.runs:
             self.tasks[task_id] = doc
+            if task.state == State.PENDING:  # what the scheduler sees: read once, here
+                self.pending_views[task_id] = (task.rev, task.pending_task())
             self.queued(doc)
         else:
             self.tasks.pop(task_id, None)

@@ -2,7 +2,7 @@
 becomes the task document's outcome, written by the master's next write.
 
 A part of the master (`Master` mixes it in): it works on the master's state, `tasks`, `runs`,
-`hosts`, `dirty`, and calls its `end_attempt` and `still_ours`.
+`hosts`, `dirty`, and calls its `end_attempt`, `still_ours` and `fence`.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
             try:
                 out.append(item(entry))
             except _Wrong as exc:
-                raise _Wrong(f"[{i}]" + ("" if str(exc)[0] in ".[" else " ") + str(exc)) from None
+                raise _Wrong(_at(f"[{i}]", str(exc))) from None
         return tuple(out)
 
     return read
@@ -153,12 +153,7 @@ def _object(
             raise _Wrong(f"must be an object, not {shown(value)}")
         read_fields, wrong = _read(value, fields)
         if wrong:
-            raise _Wrong(
-                "; ".join(
-                    f".{name}" + ("" if why[0] in ".[" else " ") + why
-                    for name, why in wrong.items()
-                )
-            )
+            raise _Wrong("; ".join(_at(f".{name}", why) for name, why in wrong.items()))
         return build(**read_fields)
 
     return read
@@ -177,8 +172,13 @@ def _read(
     return values, wrong
 
 
+def _at(where: str, why: str) -> str:
+    """`requires must be ...`, `ssh.port must be ...`, `attempts[0].host must be ...`."""
+    return where + ("" if why[:1] in (".", "[") else " ") + why
+
+
 def _malformed(what: str, wrong: dict[str, str]) -> Malformed:
-    reason = "; ".join(name + ("" if why[0] in ".[" else " ") + why for name, why in wrong.items())
+    reason = "; ".join(_at(name, why) for name, why in wrong.items())
     if len(reason) > MAX_REASON:
         reason = reason[: MAX_REASON - 3] + "..."
     return Malformed(f"malformed {what}: {reason}", tuple(wrong))
