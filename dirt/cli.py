@@ -80,6 +80,7 @@ from dirt.errors import (
 )
 from dirt.printable import printable
 from dirt.settings import Settings, load
+from dirt.shapes import readable_host
 
 HELP = {
     "create": """Usage: dirt create <path> [--db=<name>] [--couch=<url>]
@@ -334,7 +335,7 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
         print(f"host {doc['name']} added ({doc['platform']}, "
               f"{'local' if doc['local'] is not None else doc['ssh']['destination']})")
     elif args["list"]:
-        hosts = client.list_hosts(couch)
+        hosts = [readable_host(h) for h in client.list_hosts(couch)]
         if args["--json"]:
             print(json.dumps([host_json(h) for h in hosts], indent=2))
         else:
@@ -343,7 +344,8 @@ def cmd_hosts(args: dict[str, Any], settings: Settings) -> int:
                  "reason"],
                 [[h["name"], h["platform"], where(h), slots_text(h),
                   ",".join(h.get("labels") or []), yes(h.get("enabled")), yes(h.get("alive")),
-                  facts_text(h.get("facts") or {}), h.get("reason") or ""] for h in hosts],
+                  facts_text(h.get("facts") or {}), h.get("reason") or h.get("malformed") or ""]
+                 for h in hosts],
             ))
     elif args["check"]:
         return check_hosts(couch, settings, name)

@@ -52,6 +52,7 @@ from dirt.errors import (
 )
 from dirt.scheduler import parse_requirements
 from dirt.settings import Settings, load
+from dirt.shapes import readable_task
 from dirt.tasks import Registry
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ def _task_entries(tasks: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def known_platforms(couch: Couch) -> list[str]:
-    return sorted({h["platform"] for h in list_hosts(couch)})
+    platforms = (host.get("platform") for host in list_hosts(couch))
+    return sorted({p for p in platforms if isinstance(p, str) and documents.NAME_RE.fullmatch(p)})
 
 
 def plan_tasks(
@@ -321,7 +323,7 @@ def record_docs(couch: Couch, name: str) -> tuple[dict[str, Any], list[dict[str,
     an index a moment old, and a record's tasks must never look fewer than they are."""
     record = get_record(couch, name)
     docs = couch.docs_by_prefix(f"task:{name}:")
-    docs.sort(key=lambda doc: (doc.get("order", 0), doc["_id"]))
+    docs.sort(key=lambda doc: (readable_task(doc)["order"], doc["_id"]))
     return record, docs
 
 
@@ -372,7 +374,7 @@ def list_records(couch: Couch, limit: int = 50, skip: int = 0) -> list[dict[str,
 def status_of(record: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, Any]:
     """A record's status from its documents: its summary, its tasks, and `missing`, the
     tasks it was submitted with that are not in the database."""
-    tasks = [task_row(doc) for doc in docs]
+    tasks = [task_row(readable_task(doc)) for doc in docs]
     summary = summarize(t["state"] for t in tasks)
     return {
         "record": {**public(record), **summary, "missing": missing_tasks(record, docs)},

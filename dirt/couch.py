@@ -179,7 +179,9 @@ class Couch:
         if status in (401, 403):
             raise Forbidden(message, status, reason)
         if status >= 500:
-            raise DatabaseUnavailable(f"CouchDB at {safe_url(self.url)} failed: {message}")
+            failed = DatabaseUnavailable(f"CouchDB at {safe_url(self.url)} failed: {message}")
+            failed.status = status  # it answered: the request may be what it cannot take
+            raise failed
         raise DatabaseError(message, status, reason)
 
     # -- server and database ------------------------------------------------------------------

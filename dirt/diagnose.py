@@ -18,8 +18,9 @@ import execnet
 import paramiko
 
 from dirt.documents import facts_text
-from dirt.errors import HostUnreachable
+from dirt.errors import HostUnreachable, Malformed
 from dirt.remote import Gateway, gateway_spec
+from dirt.shapes import parse_facts, parse_host
 
 TIMEOUT = 10.0
 
@@ -35,16 +36,21 @@ class Diagnosis:
 def check_host(host: dict[str, Any], known_hosts: Path) -> Diagnosis:
     """Diagnose one host document; never raises for a host fault."""
     name = host["name"]
+    try:
+        shape = parse_host(host)
+    except Malformed as exc:
+        return Diagnosis(name, False, f"host {name}: {exc}")
     if host.get("ssh"):
         try:
             check_ssh(host["ssh"], known_hosts)
         except HostUnreachable as exc:
             return Diagnosis(name, False, str(exc))
-    gateway = Gateway(name, gateway_spec(host, known_hosts), execnet.Group())
+    gateway = Gateway(name, gateway_spec(shape, known_hosts), execnet.Group())
     try:
-        facts = gateway.facts(timeout=TIMEOUT)
-    except HostUnreachable as exc:
-        return Diagnosis(name, False, str(exc))
+        facts = parse_facts(gateway.facts(timeout=TIMEOUT))
+    except (HostUnreachable, Malformed) as exc:
+        return Diagnosis(name, False, f"host {name}: {exc}" if isinstance(exc, Malformed)
+                         else str(exc))
     finally:
         gateway.close()
     summary = f"{facts_text(facts)}, hostname {facts['hostname']}"

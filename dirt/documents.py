@@ -299,6 +299,20 @@ def end_task(task: dict[str, Any], state: State, reason: str, result: dict[str, 
     set_state(task, state, reason, at)
 
 
+def end_error(task: dict[str, Any], reason: str, at: str | None = None) -> None:
+    """End a task `error` with `reason` whatever state it is in (dirt could not go on with
+    it: its document is malformed, or the database refused it). An attempt that ran, or had
+    its outcome refused, ends `error` too."""
+    at = at or now_iso()
+    result = {"success": False, "reason": reason}
+    attempts = task.get("attempts") or []
+    if attempts and task.get("state") != State.PENDING.value:
+        attempts[-1].update(ended=attempts[-1].get("ended") or at, outcome=State.ERROR.value,
+                            reason=reason)
+    task.update(ended=at, lease_until=None, result=result)
+    set_state(task, State.ERROR, reason, at)
+
+
 def rev_gen(doc: dict[str, Any]) -> int:
     """The generation of a document's `_rev` (0 for one never written): which of two
     copies is newer."""

@@ -33,7 +33,10 @@ class PortInUse(ConfigError):
 
 
 class DatabaseUnavailable(DirtError, ConnectionError):
-    """The CouchDB server does not answer (the URL is named, never its credentials)."""
+    """The CouchDB server does not answer (the URL is named, never its credentials), or
+    answers a server error: then `status` is its HTTP status, else None."""
+
+    status: int | None = None
 
 
 class DatabaseError(DirtError):
@@ -71,6 +74,15 @@ class InvalidHost(DirtError, ValueError):
     """A host specification is malformed or names an unknown host."""
 
     exit_status = BAD_INPUT
+
+
+class Malformed(DirtError, ValueError):
+    """A document or a host's message has not the shape dirt reads (shapes.py); the message
+    names the field and what is wrong with it; `fields` are the names of the wrong fields."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class WaitTimeout(DirtError, TimeoutError):

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from dirt.couch import inline_attachment
 from dirt.documents import State, attempt_id, now_iso, set_state
-from dirt.errors import HostUnreachable
+from dirt.errors import HostUnreachable, Malformed
 from dirt.remote import Gateway
 from dirt.results import Run
+from dirt.shapes import Ended, parse_ending
 
 if TYPE_CHECKING:
     from dirt.health import HostState
@@ -80,8 +81,9 @@ class Leases:
         runs on two hosts at once."""
         lost = "lease expired: the master running it stopped"
         attempts = doc.get("attempts") or []
-        state = self.hosts.get(attempts[-1]["host"]) if attempts else None
-        ours = state is not None and self.manages(state.doc) and state.doc.get("enabled")
+        state = self.hosts.get(attempts[-1].get("host")) if attempts else None
+        ours = state is not None and state.host is not None and state.host.enabled \
+            and self.manages(state)
         if ours and not state.checked:
             return  # this master has not reached the host yet: ask once it has
         reachable = ours and state.ready and state.gateway
@@ -107,20 +109,25 @@ class Leases:
             kept = None
         self.events.put(("recovered", task_id, attempt, kept))
 
-    def recovered(self, task_id: str, attempt: int, kept: tuple | None) -> None:
+    def recovered(self, task_id: str, attempt: int, kept: Any) -> None:
+        """What the host kept of the attempt (remote_runner.collect), as it answered."""
         self.recovering.discard(task_id)
         doc = self.tasks.get(task_id)
         if doc is None or doc["state"] != State.RUNNING.value or task_id in self.runs \
                 or len(doc.get("attempts") or []) != attempt:
             return  # changed meanwhile: the feed brought what happened
         lost = "lease expired: the master running it stopped"
-        if not kept or kept[0] == "lost":
-            self.end_attempt(doc, "lost", lost if not kept else f"{lost}; {kept[1]}")
+        try:
+            ending = parse_ending(kept) if kept else None
+        except Malformed as exc:
+            ending = Ended("lost", f"what its host kept is unusable: {exc}")
+        if ending is None or ending.kind == "lost":
+            self.end_attempt(doc, "lost", lost if not ending else f"{lost}; {ending.payload}")
             return
-        host = doc["attempts"][-1]["host"]
+        host = doc["attempts"][-1].get("host")
         log.info("task %s: its attempt %d ended on %s before its master stopped: recorded, "
                  "not run again", task_id, attempt, host, extra={"task": task_id, "host": host})
-        self.record_outcome(doc, kind=kept[0], payload=kept[1], duration=None,
+        self.record_outcome(doc, kind=ending.kind, payload=ending.payload, duration=None,
                             note="result kept by the host after its master stopped")
 
     def end_attempt(self, doc: dict[str, Any], outcome: str, reason: str) -> None:

@@ -36,13 +36,13 @@ from dirt.documents import (
     ACTIVE,
     State,
     attempt_id,
+    end_error,
     now_iso,
-    parse_iso,
     rev_gen,
     set_state,
     start_attempt,
 )
-from dirt.errors import DatabaseUnavailable, DirtError, HostUnreachable
+from dirt.errors import DatabaseError, DatabaseUnavailable, DirtError, HostUnreachable, Malformed
 from dirt.health import HostHealth, HostState
 from dirt.leases import Leases
 from dirt.logbuffer import LogBuffer
@@ -51,10 +51,13 @@ from dirt.remote import Job
 from dirt.results import Results, Run
 from dirt.scheduler import PendingTask, assign, unschedulable_reason
 from dirt.settings import Settings
+from dirt.shapes import parse_task, plain, repaired, task_state
 from dirt.tasks import Registry
 
 log = logging.getLogger("dirt.master")
 PENDING, RUNNING = State.PENDING.value, State.RUNNING.value  # compared on every pass
+MAX_PAUSE = 5.0  # seconds between passes while passes keep failing
+REFUSED = "the database refused the task's document"
 
 
 class Listener:
@@ -126,6 +129,8 @@ class Master(HostHealth, Leases, Results):
         self.recovering: set[str] = set()  # lease ran out: asking the host for a kept result
         self.host_waits: dict[str, float] = {}  # lease ran out, host not answering: since
         self.farm_seen: Any = None
+        self.failures = 0  # passes in a row that raised
+        self.refusing: set[str] = set()  # refused once: being written ended error
 
     # -- start ----------------------------------------------------------------------------
 
@@ -164,12 +169,13 @@ class Master(HostHealth, Leases, Results):
         self.feed_thread.start()
 
     def in_scope(self, task: dict[str, Any]) -> bool:
-        return self.platforms is None or task.get("platform") in self.platforms
+        return self.platforms is None or _platform_in(task.get("platform"), self.platforms)
 
-    def manages(self, host: dict[str, Any]) -> bool:
-        if self.host_names is not None and host["name"] not in self.host_names:
+    def manages(self, host: HostState) -> bool:
+        if self.host_names is not None and host.name not in self.host_names:
             return False
-        return self.platforms is None or host.get("platform") in self.platforms
+        platform = host.host.platform if host.host else host.doc.get("platform")
+        return self.platforms is None or _platform_in(platform, self.platforms)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -239,12 +245,24 @@ class Master(HostHealth, Leases, Results):
         return self.release_all("master stopped before the task ended")
 
     def loop_once_safely(self) -> None:
-        """A pass that meets a database fault logs it and backs off; the master goes on."""
+        """A pass that meets a database fault logs it, and one that raises anything else logs
+        its traceback; either way the master goes on after a pause that doubles while passes
+        keep failing, up to MAX_PAUSE. Nothing a document or a host sends ends the master."""
         try:
             self.loop_once()
+            self.failures = 0
+            return
         except DirtError as exc:
-            log.warning("master: %s; going on", exc)
-            time.sleep(min(1.0, self.config.tick_seconds))
+            pause = self.pause_after_failure()
+            log.warning("master: %s; going on in %.1f s", exc, pause)
+        except Exception:
+            pause = self.pause_after_failure()
+            log.exception("master: a pass failed; going on in %.1f s", pause)
+        self.stop_requested.wait(pause)
+
+    def pause_after_failure(self) -> float:
+        self.failures = min(self.failures + 1, 32)
+        return min(max(self.config.tick_seconds, 0.05) * 2 ** (self.failures - 1), MAX_PAUSE)
 
     def start_with_retry(self) -> None:
         delay = 0.5
@@ -379,24 +397,54 @@ class Master(HostHealth, Leases, Results):
                 state.gateway.close()
 
     def update_task(self, doc: dict[str, Any]) -> None:
-        """A task document from the feed or a view: keep it if it is newer than ours."""
+        """A task document from the feed or a view: keep it if it is newer than ours. It is
+        read into its shape here, once: a malformed one is set aside (set_aside)."""
         task_id = doc["_id"]
         known = self.tasks.get(task_id)
         if known is not None and rev_gen(known) >= rev_gen(doc):
             return
         self.stale.discard(task_id)
+        try:
+            task = parse_task(doc)
+        except Malformed as exc:
+            self.set_aside(doc, exc)
+            return
         run = self.runs.get(task_id)
         if run and not self.still_ours(doc, run):
             # cancelled, or taken over after our lease ran out: end our attempt, write nothing
-            self.fence(run, f"task changed elsewhere: now {doc['state']}")
+            self.fence(run, f"task changed elsewhere: now {task.state}")
             self.runs.pop(task_id, None)
             self.dirty.discard(task_id)
-        if doc["state"] in ACTIVE or task_id in self.runs:
+        if task.state in ACTIVE or task_id in self.runs:
             self.tasks[task_id] = doc
+            if task.state == State.PENDING:  # what the scheduler sees: read once, here
+                self.pending_views[task_id] = (task.rev, task.pending_task())
             self.queued(doc)
         else:
             self.tasks.pop(task_id, None)
             self.dirty.discard(task_id)
+
+    def set_aside(self, doc: dict[str, Any], error: Malformed) -> None:
+        """A malformed task document: whatever this master did with the task stops, and an
+        active one in its scope ends `error` with the reason (written with the wrong fields
+        at their defaults). One that cannot be written so (its name or platform is wrong) is
+        only logged; the database's validate_doc_update keeps those out."""
+        task_id = doc["_id"]
+        run = self.runs.pop(task_id, None)
+        if run:
+            self.fence(run, str(error))
+        self.tasks.pop(task_id, None)
+        self.dirty.discard(task_id)
+        if task_state(doc) not in ACTIVE or not self.in_scope(doc):
+            return
+        fixed = repaired(doc, error)
+        if fixed is None:
+            log.error("task %s: %s; left as it is", task_id, error, extra={"task": task_id})
+            return
+        log.error("task %s: %s; ended error", task_id, error, extra={"task": task_id})
+        end_error(fixed, str(error))
+        self.tasks[task_id] = fixed
+        self.dirty.add(task_id)
 
     def still_ours(self, doc: dict[str, Any], run: Run) -> bool:
         attempts = doc.get("attempts") or []
@@ -421,7 +469,7 @@ class Master(HostHealth, Leases, Results):
             if len(self.pending_views) > 2 * len(self.tasks) + 1000:
                 self.pending_views = {k: v for k, v in self.pending_views.items()
                                       if k in self.tasks}
-            cached = (doc.get("_rev"), pending_view(doc))
+            cached = (doc.get("_rev"), parse_task(doc).pending_task())
             self.pending_views[doc["_id"]] = cached
         return cached[1]
 
@@ -505,9 +553,13 @@ class Master(HostHealth, Leases, Results):
         task first, and it is left alone."""
         won = []
         for doc, answer in zip(claims, answers, strict=True):
-            if answer.get("error"):
+            if answer.get("error") == "conflict":
                 log.debug("task %s: claim lost (%s)", doc["_id"], answer["error"])
                 self.stale.add(doc["_id"])
+                continue
+            if answer.get("error"):
+                self.tasks[doc["_id"]] = doc
+                self.refused(doc, answer)
                 continue
             self.tasks[doc["_id"]] = doc
             won.append(doc)
@@ -538,8 +590,8 @@ class Master(HostHealth, Leases, Results):
                 task=doc["name"],
                 platform=doc["platform"],
                 source=module.source,
-                record=self.record_of(doc),
-                args=doc.get("args") or {},
+                record=plain(self.record_of(doc)),
+                args=plain(doc.get("args") or {}),
                 timeout=run.timeout,
                 attempt=run.attempt,
                 reuse=module.reuse,
@@ -557,7 +609,7 @@ class Master(HostHealth, Leases, Results):
                 continue
             log.info("task %s: started on %s", doc["_id"], doc["host"],
                      extra={"task": doc["_id"], "host": doc["host"]})
-            self.tell("task_started", doc, waited_since_pending(doc))
+            self.tell("task_started", doc, parse_task(doc).waited())
 
     def record_of(self, task: dict[str, Any]) -> dict[str, Any]:
         """The record document a task belongs to, as the task module sees it."""
@@ -570,6 +622,8 @@ class Master(HostHealth, Leases, Results):
         return self.records[name]
 
     def remember_record(self, doc: dict[str, Any]) -> None:
+        if not isinstance(doc.get("name"), str):
+            return  # validate_doc_update keeps such records out; a task sees {"name": ...}
         if len(self.records) >= 10_000:
             self.records.pop(next(iter(self.records)))  # the oldest first
         self.records[doc["name"]] = {k: v for k, v in doc.items() if not k.startswith("_")}
@@ -594,8 +648,8 @@ class Master(HostHealth, Leases, Results):
         if not docs and not host_docs and not claims:
             return []
         try:
-            answers = self.couch.bulk_docs(docs + host_docs + claims)
-        except DatabaseUnavailable as exc:
+            answers = self.send(docs + host_docs + claims)
+        except DirtError as exc:
             self.back_off(f"{len(docs) + len(host_docs)} writes held: {exc}", exc)
             return []
         self.last_write = clock  # from its start: a slow write is not followed by a wait
@@ -603,10 +657,40 @@ class Master(HostHealth, Leases, Results):
         for doc, answer in zip(docs, answers, strict=False):
             self.written(doc, answer)
         for doc, answer in zip(host_docs, answers[len(docs):], strict=False):
-            self.dirty_hosts.discard(doc["name"])
+            name = doc["_id"].removeprefix("host:")
+            self.dirty_hosts.discard(name)
             if answer.get("error") == "conflict":
-                self.refresh_host(doc["name"])
+                self.refresh_host(name)
+            elif answer.get("error"):
+                log.error("host %s: write refused: %s", name, one_line(answer),
+                          extra={"host": name})
         return self.claimed(claims, answers[len(docs) + len(host_docs):])
+
+    def send(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One _bulk_docs. A request the database refuses as a whole (one document it cannot
+        take spoils it) is sent again one document at a time, so that the others are written
+        and the one refused is answered `refused`, never holding back the rest. DirtError
+        when the database does not answer, or fails every document alone."""
+        try:
+            return self.couch.bulk_docs(docs)
+        except (DatabaseError, DatabaseUnavailable) as exc:
+            if not refused_whole(exc):
+                raise
+            log.warning("master: the database refused a write of %d documents (%s); writing "
+                        "them one at a time", len(docs), one_line(str(exc)))
+        answers, failed = [], None
+        for doc in docs:
+            try:
+                answers += self.couch.bulk_docs([doc])
+            except (DatabaseError, DatabaseUnavailable) as exc:
+                if not refused_whole(exc):
+                    raise
+                failed = exc if isinstance(exc, DatabaseUnavailable) else failed
+                answers.append({"id": doc.get("_id"), "error": "refused",
+                                "reason": one_line(str(exc))})
+        if failed is not None and all(answer.get("error") for answer in answers):
+            raise failed  # a server error for every document: the server, not a document
+        return answers
 
     def back_off(self, what: str, error: Exception | None = None) -> None:
         """The database does not answer: claim and write nothing for a while (capped
@@ -623,17 +707,43 @@ class Master(HostHealth, Leases, Results):
             # Inline attachments keep their data: a stub needs the server's digest (PouchDB
             # finds stubs by digest), and the next write of a running task rewrites the log.
             self.dirty.discard(task_id)
+            self.refusing.discard(task_id)
             if doc["state"] not in ACTIVE and task_id not in self.runs:
                 self.tasks.pop(task_id, None)
                 self.forget_outcome(doc)
                 self.tell("task_ended", doc)
             return
         if answer["error"] != "conflict":
-            log.error("task %s: write refused: %s: %s", task_id, answer["error"],
-                      answer.get("reason"), extra={"task": task_id})
-            self.dirty.discard(task_id)
+            self.refused(doc, answer)
             return
         self.merge_conflict(doc)
+
+    def refused(self, doc: dict[str, Any], answer: dict[str, Any]) -> None:
+        """The database refused a task's document (not a conflict: as it is, it is never
+        taken). The task ends `error` with the database's reason, written again without the
+        artifacts this master added; refused once more, it is let go here, and the database
+        keeps its last revision."""
+        task_id = doc["_id"]
+        reason = f"{REFUSED}: {one_line(answer)}"
+        log.error("task %s: %s", task_id, reason, extra={"task": task_id})
+        run = self.runs.pop(task_id, None)
+        if run:
+            self.fence(run, REFUSED)
+        if task_id in self.refusing:
+            self.refusing.discard(task_id)
+            self.dirty.discard(task_id)
+            self.tasks.pop(task_id, None)
+            log.error("task %s: refused again; left as the database has it", task_id,
+                      extra={"task": task_id})
+            return
+        self.refusing.add(task_id)
+        kept = {name: attachment for name, attachment in (doc.get("_attachments") or {}).items()
+                if name == "log.txt" or attachment.get("stub")}
+        doc.pop("_attachments", None)
+        if kept:
+            doc["_attachments"] = kept
+        end_error(doc, reason)
+        self.dirty.add(task_id)
 
     def forget_outcome(self, doc: dict[str, Any]) -> None:
         """The task's result is in the database: its host no longer needs to keep how the
@@ -654,12 +764,15 @@ class Master(HostHealth, Leases, Results):
         except DirtError:
             return  # kept dirty: tried again on the next write
         run = self.runs.get(task_id)
-        attempts = theirs.get("attempts") or []
+        try:
+            attempts = parse_task(theirs).attempts
+        except Malformed:
+            attempts = ()  # not ours: update_task below sets it aside
         ours = (
             theirs.get("state") == State.RUNNING.value
             and len(attempts) == len(mine.get("attempts") or [])
             and attempts
-            and attempts[-1].get("master") == self.id
+            and attempts[-1].master == self.id
         )
         if ours:
             mine["_rev"] = theirs["_rev"]
@@ -705,31 +818,28 @@ class Master(HostHealth, Leases, Results):
             pass
 
 
-def pending_view(doc: dict[str, Any]) -> PendingTask:
-    """What the scheduler needs to know of a pending task document."""
-    return PendingTask(
-        id=doc["_id"],
-        record_created=doc.get("record_created", ""),
-        record=doc["record"],
-        order=doc.get("order", 0),
-        name=doc["name"],
-        platform=doc["platform"],
-        requires=tuple(doc.get("requires") or ()),
-        avoid=tuple(a["host"] for a in doc.get("attempts") or () if a.get("outcome") == "lost"),
-    )
+def _platform_in(platform: Any, platforms: set[str]) -> bool:
+    return isinstance(platform, str) and platform in platforms
 
 
 def running_tasks(count: int) -> str:
     return f"{count} running task{'' if count == 1 else 's'}"
 
 
-def waited_since_pending(doc: dict[str, Any]) -> float:
-    """Seconds from when the task last became pending to when it started."""
-    history = doc.get("history") or []
-    pending = [h["at"] for h in history if h.get("state") == State.PENDING.value]
-    if not pending or not doc.get("started"):
-        return 0.0
-    return max(0.0, parse_iso(doc["started"]) - parse_iso(pending[-1]))
+def refused_whole(error: DirtError) -> bool:
+    """Whether the database answered a write request by refusing it as a whole: a client
+    error for its body (one document it cannot take), or a server error. Not one for the
+    credentials (401, 403) or a database that is gone (404)."""
+    status = getattr(error, "status", None)
+    return status is not None and (status >= 500 or status in (400, 413, 415, 422))
+
+
+def one_line(what: Any, limit: int = 200) -> str:
+    """A database answer or error as one capped line for a reason."""
+    if isinstance(what, dict):
+        what = f"{what.get('error')}: {what.get('reason') or ''}".rstrip(": ")
+    text = " ".join(str(what).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 __all__ = ["Master", "Listener"]

@@ -20,6 +20,7 @@ import execnet
 
 from dirt import remote_runner
 from dirt.errors import HostUnreachable
+from dirt.shapes import Host
 
 log = logging.getLogger("dirt.remote")
 
@@ -63,13 +64,14 @@ channel.send({
 """
 
 
-def gateway_spec(host: dict[str, Any], known_hosts: Path | None = None) -> str:
-    """The execnet spec for a host document."""
-    name = host["name"]
-    if host.get("local") is not None:
-        python = (host.get("local") or {}).get("python")
+def gateway_spec(host: Host, known_hosts: Path | None = None) -> str:
+    """The execnet spec for a host (its document read by shapes.parse_host)."""
+    name = host.name
+    if host.local is not None:
+        python = host.local.get("python")
         return f"popen//id={name}" + (f"//python={python}" if python else "")
-    ssh = host.get("ssh") or {}
+    assert host.ssh is not None  # parse_host: a host is local or ssh
+    ssh = host.ssh
     options = ["-o BatchMode=yes", "-o LogLevel=ERROR", "-o ConnectTimeout=10",
                "-o ServerAliveInterval=5",
                "-o ServerAliveCountMax=3", "-o StrictHostKeyChecking=accept-new"]
@@ -77,12 +79,12 @@ def gateway_spec(host: dict[str, Any], known_hosts: Path | None = None) -> str:
         # ssh cannot keep the host keys it accepts in a folder that does not exist
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         options.append(f"-o UserKnownHostsFile={known_hosts}")
-    if ssh.get("port"):
-        options.append(f"-p {ssh['port']}")
-    if ssh.get("key"):
-        options += [f"-i {ssh['key']}", "-o IdentitiesOnly=yes"]
-    python = ssh.get("python") or "python3"
-    return f"ssh={' '.join(options)} {ssh['destination']}//id={name}//python={python}"
+    if ssh.port:
+        options.append(f"-p {ssh.port}")
+    if ssh.key:
+        options += [f"-i {ssh.key}", "-o IdentitiesOnly=yes"]
+    python = ssh.python or "python3"
+    return f"ssh={' '.join(options)} {ssh.destination}//id={name}//python={python}"
 
 
 @dataclass
@@ -196,9 +198,9 @@ class Gateway:
             raise HostUnreachable(f"host {self.name}: cannot start task: {describe(exc)}") from None
         return channel
 
-    def collect(self, attempt_id: str, timeout: float = 15.0) -> tuple | None:
+    def collect(self, attempt_id: str, timeout: float = 15.0) -> Any:
         """How an attempt (documents.attempt_id) ended on this host, if it ended here (see
-        remote_runner)."""
+        remote_runner), as the host answered: shapes.parse_ending reads it."""
         self.open()
         try:
             channel = self.gateway.remote_exec(COLLECT)
@@ -206,7 +208,7 @@ class Gateway:
             kept = channel.receive(timeout=timeout)
         except Exception as exc:
             raise HostUnreachable(f"host {self.name}: does not answer: {describe(exc)}") from None
-        return tuple(kept) if kept else None
+        return tuple(kept) if isinstance(kept, list) else kept or None
 
     def shutdown(self) -> None:
         """Close for good: the master is exiting."""
@@ -299,8 +301,10 @@ class Relay:
                 self.events.put((self.key, ("lost", "connection to the host closed while the "
                                                     "task ran")))
             return
-        self.ended = self.ended or message[0] in Relay.ENDINGS
-        self.events.put((self.key, tuple(message)))
+        # the master reads every message (shapes.parse_message); here it is only passed on
+        ending = isinstance(message, tuple | list) and bool(message) and message[0] in self.ENDINGS
+        self.ended = self.ended or ending
+        self.events.put((self.key, message))
 
 
 def describe(exc: BaseException) -> str:

@@ -44,12 +44,15 @@ class Context:
         send("log", str(line))
 
     def attach(self, name, data, content_type="application/octet-stream"):
-        """Store `data` (bytes or str) as an artifact of the task."""
+        """Store `data` (bytes or str) as an artifact of the task. Any file name works (str,
+        bytes or a path, UTF-8 or not); the master stores it encoded where CouchDB could not
+        take it as it is (a leading '_', bytes that are not UTF-8: see docs/tasks.md)."""
         if isinstance(data, str):
             data = data.encode("utf-8")
             if content_type == "application/octet-stream":
                 content_type = "text/plain"
-        send("attach", str(name), base64.b64encode(data).decode("ascii"), content_type)
+        name = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+        send("attach", name, base64.b64encode(data).decode("ascii"), content_type)
 
     def run(self, command, shell=None, cwd=None, env=None):
         """Run a command, streaming its output into the log; returns its exit code."""

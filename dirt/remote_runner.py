@@ -75,7 +75,7 @@ def collect(attempt_id):
     for path in [os.path.join(RESULTS, d, name) for d in days] + [os.path.join(RESULTS, name)]:
         try:
             with open(path) as kept:  # the last path: where earlier runners kept them
-                return json.load(kept)
+                return transportable(json.load(kept))
         except (OSError, ValueError):
             continue
     return None
@@ -451,14 +451,19 @@ class Relay:
             self.message(message)
 
     def message(self, message):
-        kind = message[0]
-        if kind in ("result", "error"):
+        """One message the task wrote (any JSON: the task may write anything on fd 3). Its
+        outcome is kept, to be sent last (run()); everything else goes on to the master as it
+        is, which checks every message and ends the task `error` on a malformed one."""
+        if not isinstance(message, list):
+            message = [message]
+        kind = message[0] if message else None
+        if kind in ("result", "error") and len(message) == 2:
             self.outcome = (kind, message[1])
-        elif kind == "log":
+        elif kind == "log" and len(message) == 2 and isinstance(message[1], str):
             self.log(message[1])
         else:
             self.flush()
-            self.channel.send(tuple(message))
+            self.channel.send(transportable(tuple(message)))
 
     def log(self, line):
         self.lines.append(line)
@@ -531,7 +536,26 @@ def run(channel, job):
 def finish(channel, job, final):
     """The attempt's last message, kept on the host first (see keep_result)."""
     keep_result(job, final)
-    channel.send(final)
+    channel.send(transportable(final))
+
+
+def transportable(value):
+    """`value` as execnet can send it: a string that is not UTF-8 (a file name's bytes read
+    as lone surrogates) goes as its bytes, so nothing is lost or fails on the way; the master
+    decides what such text becomes (shapes.plain, shapes.artifact_name)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape" if all(
+                not 0xD800 <= ord(ch) < 0xDC80 and not 0xDD00 <= ord(ch) <= 0xDFFF
+                for ch in value) else "surrogatepass")
+    if isinstance(value, (list, tuple)):
+        return type(value)(transportable(v) for v in value)
+    if isinstance(value, dict):
+        return {transportable(k): transportable(v) for k, v in value.items()}
+    return value
 
 
 def remove_workdir(workdir):

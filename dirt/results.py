@@ -2,12 +2,11 @@
 becomes the task document's outcome, written by the master's next write.
 
 A part of the master (`Master` mixes it in): it works on the master's state, `tasks`, `runs`,
-`hosts`, `dirty`, and calls its `end_attempt` and `still_ours`.
+`hosts`, `dirty`, and calls its `end_attempt`, `still_ours` and `fence`.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from dirt.couch import inline_attachment
 from dirt.documents import end_task, now_iso, outcome_of, store_artifact_type
+from dirt.errors import Malformed
 from dirt.logbuffer import LogBuffer
+from dirt.shapes import Artifact, Ended, Log, Started, parse_message
 
 if TYPE_CHECKING:
     from dirt.health import HostState
 
 log = logging.getLogger("dirt.master")
-ENDINGS = ("result", "error", "timeout", "lost")
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 
 
@@ -56,31 +56,40 @@ class Results:
     hosts: dict[str, HostState]
     dirty: set[str]
 
-    def task_message(self, key: tuple[str, int], message: tuple) -> None:
+    def task_message(self, key: tuple[str, int], message: Any) -> None:
+        """What a task's host said, read into its shape here; a malformed message ends the
+        task `error` with what was wrong (and its process), never the master."""
         run = self.runs.get(key[0])
         if run is None or run.key != key or run.fenced:
             return  # a fenced attempt: what it says no longer counts
-        kind = message[0]
-        if kind == "started":
-            run.pid = message[1]
-        elif kind == "log":
-            run.log.add(message[1])
-        elif kind == "attach":
-            self.add_artifact(run, message[1], message[2], message[3])
-        elif kind in ENDINGS:
-            if kind == "lost" and run.host in self.hosts:
+        try:
+            said = parse_message(message)
+        except Malformed as exc:
+            log.warning("task %s: %s from %s", run.task_id, exc, run.host,
+                        extra={"task": run.task_id, "host": run.host})
+            self.fence(run, str(exc))
+            self.finish(run, "error", f"{exc} (from the task or its host)")
+            return
+        if isinstance(said, Started):
+            run.pid = said.pid
+        elif isinstance(said, Log):
+            run.log.add(said.text)
+        elif isinstance(said, Artifact):
+            self.add_artifact(run, said)
+        elif isinstance(said, Ended):
+            if said.kind == "lost" and run.host in self.hosts:
                 host = self.hosts[run.host]
                 host.next_check = 0.0  # is the host still there? ask now
-                if str(message[1]).startswith("connection"):
+                if said.payload.startswith("connection"):
                     host.ready = False  # no new task there until the check says it is back
-            self.finish(run, kind, message[1])
+            self.finish(run, said.kind, said.payload)
 
-    def add_artifact(self, run: Run, name: str, b64: str, content_type: str) -> None:
-        data = base64.b64decode(b64)
+    def add_artifact(self, run: Run, artifact: Artifact) -> None:
+        name, data = artifact.name, artifact.data
         if name == "log.txt" or run.artifact_bytes + len(data) > MAX_ARTIFACT_BYTES:
             run.log.add(f"[dirt: artifact {name!r} refused: reserved name or over 16 MB total]")
             return
-        run.artifacts[name] = (content_type, data)
+        run.artifacts[name] = (artifact.content_type, data)
         run.artifact_bytes += len(data)
 
     def finish(self, run: Run, kind: str, payload: Any) -> None:

@@ -17,6 +17,7 @@ from dirt import client, documents
 from dirt.couch import Couch
 from dirt.documents import State, summarize
 from dirt.errors import InvalidRecord, NotFound
+from dirt.shapes import readable_host, readable_task
 from dirt.web import history
 
 BATCH = 100  # records read per view query while filtering
@@ -235,7 +236,7 @@ def task(couch: Couch, record_name: str, spec: str) -> dict[str, Any]:
     with its spec, files and whether it ended."""
     with found():
         doc = client.get_task(couch, record_name, spec)
-    shown = {k: v for k, v in doc.items() if k not in ("_attachments", "_rev")}
+    shown = {k: v for k, v in readable_task(doc).items() if k not in ("_attachments", "_rev")}
     shown.update(key=doc.get("key") or None, spec=documents.task_spec(doc),
                  files=client.files_of(doc), final=State(doc["state"]) in documents.FINAL)
     return shown
@@ -271,7 +272,7 @@ def hosts(couch: Couch) -> list[dict[str, Any]]:
         task = row["value"]
         running.setdefault(row["key"], []).append({**task, "spec": documents.task_spec(task)})
     out = []
-    for doc in client.list_hosts(couch):
+    for doc in map(readable_host, client.list_hosts(couch)):
         now = sorted(running.get(doc["name"], []), key=lambda t: t.get("started") or "")
         out.append({
             "name": doc["name"],
@@ -294,6 +295,18 @@ def hosts(couch: Couch) -> list[dict[str, Any]]:
 # -- history of a task name ---------------------------------------------------------------
 
 
+def history_run(created: Any, value: dict[str, Any]) -> history.Run:
+    """A row of tasks_by_name as the history shows it; a value of the wrong type (a task
+    document written by hand) is shown as unknown."""
+    task = readable_task({"record_created": created, **value})
+    return history.Run(
+        record=str(task["record"]), created=task["record_created"],
+        platform=str(task["platform"]), key=value.get("key") if isinstance(
+            value.get("key"), str) else None, state=task["state"], duration=task["duration"],
+        host=task["host"], reason=task["reason"],
+    )
+
+
 def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
     """The task `name` over the last `records` records that ran it, read newest first from
     tasks_by_name in batches until that many records are seen."""
@@ -308,11 +321,7 @@ def task_history(couch: Couch, name: str, records: int = 30) -> history.History:
             if value["record"] not in seen and len(seen) == records:
                 return history.build(name, runs)
             seen.add(value["record"])
-            runs.append(history.Run(
-                record=value["record"], created=row["key"][1], platform=value["platform"],
-                key=value.get("key"), state=value["state"], duration=value.get("duration"),
-                host=value.get("host"), reason=value.get("reason") or "",
-            ))
+            runs.append(history_run(row["key"][1], value))
         if len(rows) < HISTORY_BATCH:
             return history.build(name, runs)
         start = (rows[-1]["key"], rows[-1]["id"])
