@@ -189,16 +189,16 @@ def test_pages_the_api_and_the_cli_show_malformed_documents(tmp_path, project, d
         "/records/odd",
         "/hosts",
         "/history/runlog",
-        "/records/odd/tasks/runlog/linux",
-        "/records/odd/tasks/runlog/mac",
-        "/records/odd/tasks/runlog/mac/files/report.txt",
+        "/records/odd/tasks/runlog@linux",
+        "/records/odd/tasks/runlog@mac",
+        "/records/odd/tasks/runlog@mac/files/report.txt",
         "/api/v1/records",
         "/api/v1/records/odd",
         "/api/v1/hosts",
         "/api/v1/history/runlog",
-        "/api/v1/records/odd/tasks/runlog/linux",
-        "/api/v1/records/odd/tasks/runlog/mac",
-        "/api/v1/records/odd/tasks/runlog/linux/log",
+        "/api/v1/records/odd/tasks/runlog@linux",
+        "/api/v1/records/odd/tasks/runlog@mac",
+        "/api/v1/records/odd/tasks/runlog@linux/log",
     ]
     for url in urls:
         answer = web.get(url)

@@ -691,10 +691,10 @@ def test_rerun_failed_and_rerun_as_a_new_record_through_the_api(project):
     for bad, message in [
         ({"as": "bad name"}, "invalid record name 'bad name'"),
         ({"as": "r1"}, "record 'r1' exists already"),
-        ({"as": 7}, "as must be a str, not 7"),
-        ({"failed": "yes"}, "failed must be a bool, not 'yes'"),
+        ({"as": 7}, "as must be a new record name, not 7"),
+        ({"failed": "yes"}, 'failed must be true or false, not "yes"'),
         ({"colour": "red"}, "unknown key 'colour' (known: task, failed, as)"),
-        ([1], "the request body must be a JSON object"),
+        ([1], "the request body must be an object"),
         ({"as": "r9", "task": "nope"}, "record r1 has no task 'nope'"),
     ]:
         refused = web.post("/api/v1/records/r1/rerun", json=bad, headers=auth())
@@ -754,9 +754,8 @@ HOSTILE = b'<script>alert(1)</script></pre><img src=x onerror=alert(2)>\n'
 
 
 def attach(couch: Couch, doc_id: str, files: dict[str, tuple[bytes, str]]) -> None:
-    rev = couch.get(doc_id)["_rev"]
     for name, (body, content_type) in files.items():
-        rev = couch.put_attachment(doc_id, rev, name, body, content_type)
+        put_artifact(couch, doc_id, name, body, content_type)
 
 
 def test_text_files_are_shown_escaped_in_a_view_where_nothing_runs(couch, couch_server):

@@ -156,12 +156,18 @@ def token() -> Any:
 
 
 # What the body of a write action on a record may hold, and the type of each value.
-ACTION_KEYS = {"task": str, "failed": bool, "as": str}
+# What the body of a write action on a record may hold: each key, its type, what it takes.
+ACTION_KEYS = {
+    "task": (str, "a task spec like name@platform[:key]"),
+    "failed": (bool, "true or false"),
+    "as": (str, "a new record name"),
+}
 
 
 def action_body(*allowed: str) -> dict[str, Any]:
     """The JSON body of a write action (may be empty): an object of `allowed` keys with
-    values of their type; UsageError (a 400, nothing written) otherwise."""
+    values of their type; UsageError (a 400, nothing written) otherwise, never read as "every
+    task"."""
     if not request.get_data(cache=True):
         return {}
     try:
@@ -169,12 +175,14 @@ def action_body(*allowed: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise UsageError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise UsageError("the request body must be a JSON object")
+        raise UsageError('the request body must be an object like {"task": "name@platform"}')
     for key, value in body.items():
         if key not in allowed:
-            raise UsageError(f"unknown key {key!r} (known: {', '.join(allowed)})")
-        if not isinstance(value, ACTION_KEYS[key]):
-            raise UsageError(f"{key} must be a {ACTION_KEYS[key].__name__}, not {value!r}")
+            raise UsageError(f"the request body has an unknown key {key!r} "
+                             f"(known: {', '.join(allowed)})")
+        kind, what = ACTION_KEYS[key]
+        if not isinstance(value, kind) or value == "":
+            raise UsageError(f"{key} must be {what}, not {json.dumps(value)}")
     return body
 
 
