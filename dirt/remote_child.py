@@ -126,10 +126,10 @@ def run_job(job, watch=True):
     send("result", result)
 
 
-def serve(sock, parent, runs, idle):
+def serve(sock, parent, runs, idle, end_run=None):
     """A kept worker (remote_runner.Worker): up to `runs` runs, each received on `sock` with
-    its output and messages pipes, which it closes when the run ends. Ends when idle for
-    `idle` seconds."""
+    its output and messages pipes, which it closes when the run ends, after `end_run()` (which
+    ends what the run started). Ends when idle for `idle` seconds."""
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
     sock.settimeout(idle)
     null = os.open(os.devnull, os.O_WRONLY)
@@ -151,6 +151,8 @@ def serve(sock, parent, runs, idle):
                     stream.flush()
                 except (OSError, ValueError):
                     pass
+            if end_run is not None:
+                end_run()
             try:
                 MESSAGES.close()  # fd 3: a second file object on it would close it later
             except OSError:

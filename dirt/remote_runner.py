@@ -26,6 +26,8 @@ import traceback
 
 CHILD_SOURCE = globals().get("CHILD_SOURCE", "")  # set by the installer (remote.py)
 CHILD = None  # remote_child.py's namespace, loaded once in the gateway: forks inherit it
+KEEPER_SOURCE = globals().get("KEEPER_SOURCE", "")  # set by the installer too
+KEEPER = None  # remote_keeper.py's namespace where this host can keep task processes, else False
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
@@ -143,19 +145,58 @@ def load_child():
     return CHILD
 
 
-def become_task_process(out_write, msg_write, keep=None):
+def keeper():
+    """remote_keeper.py's namespace where this host can keep a task's processes (Linux),
+    loaded once in the gateway; None where it cannot."""
+    global KEEPER
+    if KEEPER is None:
+        namespace = {"__name__": "dirt_task_keeper"}
+        exec(compile(KEEPER_SOURCE, "remote_keeper.py", "exec"), namespace)
+        KEEPER = namespace if namespace["can_keep"]() else False
+    return KEEPER or None
+
+
+def kept(parent, start):
+    """In a process just forked from the gateway: where the host can keep a task's
+    processes, become the keeper (remote_keeper.py) of a new process that runs
+    `start(control, keeper_pid)`; else run `start(None, parent)` in this one. Never
+    returns."""
+    keeping = keeper()
+    if keeping is None:
+        start(None, parent)
+    os.setsid()  # the keeper's own, away from the gateway's terminal
+    keeper_pid = os.getpid()
+    keeping["Keeper"](parent).run(lambda control: start(control, keeper_pid))
+
+
+def end_process(pid, keeping):
+    """End a task process and everything it started: through its keeper (SIGTERM), or
+    SIGKILL its session where it has none."""
+    if keeping:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    else:
+        kill_session(pid)
+
+
+def become_task_process(out_write, msg_write, keep=()):
     """In a forked child: a session of its own, stdin from /dev/null, stdout and stderr to
-    the log pipe, the messages pipe as fd 3, descriptor `keep` as fd 4, nothing else of the
-    gateway's inherited."""
+    the log pipe, the messages pipe as fd 3, the descriptors `keep` as fd 4, 5..., nothing
+    else of the gateway's inherited."""
+    import fcntl  # where a host can fork, it has fcntl
+
     os.setsid()
+    sources = [out_write, msg_write, *keep]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in sources]  # out of the way of 0..n
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.dup2(out_write, 1)
-    os.dup2(out_write, 2)
-    os.dup2(msg_write, 3)
-    if keep is not None:
-        os.dup2(keep, 4)
-    close_inherited_fds(keep=3 if keep is None else 4)
+    os.dup2(high[0], 1)
+    os.dup2(high[0], 2)
+    for target, fd in enumerate(high[1:], start=3):
+        os.dup2(fd, target)
+    close_inherited_fds(keep=2 + len(high))
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
     sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
@@ -173,11 +214,13 @@ class TaskProcess:
         msg_read, msg_write = os.pipe()
         self.returncode = None
         self.process = None
+        self.kept = False
         if hasattr(os, "fork"):
             try:
                 load_child()["compiled"](job)  # once here, not in every forked process
             except SyntaxError:
                 pass  # the task process reports it, with the task's traceback
+            self.kept = keeper() is not None
             self.pid = os.fork()
             if self.pid == 0:
                 self._run_forked(job, out_write, msg_write)
@@ -198,14 +241,31 @@ class TaskProcess:
 
     @staticmethod
     def _run_forked(job, out_write, msg_write):
-        """In the forked child: set up as a task process, then the task. Never returns."""
+        """In the forked child: the task's keeper, whose child runs the task, or the task
+        process itself where the host has no keepers. Never returns."""
+        try:
+            kept(job["parent"], lambda control, parent: TaskProcess._run_task(
+                job, out_write, msg_write, control, parent))
+        finally:
+            os._exit(1)
+
+    @staticmethod
+    def _run_task(job, out_write, msg_write, control, parent):
+        """In the task process: set up, run the task, end what it started. Never returns."""
         code = 1
         try:
-            become_task_process(out_write, msg_write)
-            CHILD["run_job"](dict(job, message_fd=3))
+            become_task_process(out_write, msg_write, keep=() if control is None else
+                                (control.fileno(),))
+            if control is not None:
+                control.detach()  # now fd 4
+            CHILD["run_job"](dict(job, message_fd=3, parent=parent))
             sys.stdout.flush()
             sys.stderr.flush()
+            if control is not None:
+                KEEPER["sweep"](socket.socket(fileno=4))
             os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
+            if control is None:  # no keeper: end what stayed in its session, and itself
+                os.killpg(0, signal.SIGKILL)
             code = 0
         except BaseException:  # dirt's own fault before the task ran: into the task's log
             traceback.print_exc()
@@ -232,9 +292,9 @@ class TaskProcess:
         return self.returncode
 
     def kill(self):
-        """Kill the task and everything it started (its session)."""
+        """End the task and everything it started."""
         if self.returncode is None:
-            kill_session(self.pid)
+            end_process(self.pid, self.kept)
 
     def done(self, outcome):
         """After the run: nothing to keep (see WorkerRun.done)."""
@@ -260,20 +320,15 @@ class Worker:
     def __init__(self, key, runs, parent):
         load_child()
         mine, theirs = socket.socketpair()
+        self.kept = keeper() is not None
         self.pid = os.fork()
         if self.pid == 0:
-            code = 1
             try:
                 mine.close()
-                null = os.open(os.devnull, os.O_WRONLY)  # between runs
-                become_task_process(null, null, keep=theirs.fileno())
-                CHILD["serve"](socket.socket(fileno=4), parent, runs,
-                               idle=Worker.IDLE_SECONDS + 30)  # the runner lets go first
-                code = 0
-            except BaseException:
-                traceback.print_exc()
+                kept(parent, lambda control, parent: Worker._serve(theirs, control, parent,
+                                                                    runs))
             finally:
-                os._exit(code)
+                os._exit(1)
         theirs.close()
         self.lock = threading.Lock()
         self.key = key
@@ -281,6 +336,41 @@ class Worker:
         self.runs_left = runs
         self.idle_since = None
         self.returncode = None
+
+    @staticmethod
+    def _serve(sock, control, parent, runs):
+        """In the worker process: serve runs until let go. Never returns."""
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)  # between runs
+            keep = (sock.fileno(),) if control is None else (sock.fileno(), control.fileno())
+            become_task_process(null, null, keep=keep)
+            sock.detach()
+            end_run = None
+            if control is not None:
+                control.detach()
+                end_run = Worker.sweeper(socket.socket(fileno=5))
+            CHILD["serve"](socket.socket(fileno=4), parent, runs,
+                           idle=Worker.IDLE_SECONDS + 30,  # the runner lets go first
+                           end_run=end_run)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def sweeper(control):
+        """What the worker does at the end of each run: its keeper ends everything the run
+        started; the worker reaps those that were its own children."""
+        def end_run():
+            KEEPER["sweep"](control)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                pass
+        return end_run
 
     def poll(self):
         return self.wait(os.WNOHANG)
@@ -380,7 +470,7 @@ class WorkerRun:
 
     def _signal(self):
         if self.worker.poll() is None:
-            kill_session(self.pid)
+            end_process(self.pid, self.worker.kept)
 
     def done(self, outcome):
         """The run's pipes closed: keep the worker for the next run, or let it go. A run that
