@@ -8,6 +8,7 @@ only: nothing is installed on hosts.
 """
 
 import base64
+import codecs
 import json
 import linecache
 import os
@@ -21,6 +22,7 @@ import traceback
 import types
 
 MESSAGES = None
+LINE_BYTES = 64 * 1024  # ctx.run reads a line in pieces of at most this (the runner's too)
 
 
 def send(kind, *payload):
@@ -62,8 +64,14 @@ class Context:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for raw in process.stdout:
-            self.log(raw.decode("utf-8", "replace").rstrip("\n"))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for raw in iter(lambda: process.stdout.readline(LINE_BYTES), b""):
+            cut = len(raw) == LINE_BYTES and not raw.endswith(b"\n")  # the rest comes next
+            text = decoder.decode(raw, final=not cut)  # a cut may split a character
+            if cut:
+                send("log", text, True)
+            else:
+                send("log", text[:-1] if text.endswith("\n") else text)
         return process.wait()
 
 

@@ -30,6 +30,9 @@ KEEPER_SOURCE = globals().get("KEEPER_SOURCE", "")  # set by the installer too
 KEEPER = None  # remote_keeper.py's namespace where this host can keep task processes, else False
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
+LINE_BYTES = 64 * 1024  # a longer log line is cut into lines of this size (remote_child's too)
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"
+MESSAGE_BYTES = 32 * 1024 * 1024  # a longer message is dropped (artifacts: 16 MB in all)
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
 KEEP_RESULTS_SECONDS = 7 * 24 * 3600
 RESULTS = os.path.join(tempfile.gettempdir(), "dirt-results-{}".format(
@@ -511,6 +514,79 @@ class Killer:
             self.process.kill()
 
 
+class Lines:
+    """Splits what a pipe gives into lines, in time linear in its size, keeping at most
+    `limit` bytes of an unfinished line: a longer line comes out in pieces of `limit` bytes
+    (cut at a character's start), or with `drop`, not at all."""
+
+    def __init__(self, limit, drop=False):
+        self.limit = limit
+        self.drop = drop
+        self.pending = []  # the unfinished line's chunks: joined once, when it ends
+        self.size = 0
+        self.dropped = 0  # bytes of the line being dropped
+
+    def feed(self, data):
+        """The lines `data` ends, as (bytes, cut) pairs; a dropped line is (None, its
+        size). Empty `data` is the end: an unfinished line comes out as it is."""
+        out = []
+        if not data:
+            if self.pending or self.dropped:
+                self.finish(out)
+            return out
+        parts = data.split(b"\n")
+        for part in parts[:-1]:
+            if self.pending or self.dropped or len(part) > self.limit:
+                self.add(part, out)
+                self.finish(out)
+            else:
+                out.append((part, False))
+        self.add(parts[-1], out)
+        return out
+
+    def add(self, chunk, out):
+        if not chunk:
+            return
+        if self.dropped:
+            self.dropped += len(chunk)
+            return
+        self.pending.append(chunk)
+        self.size += len(chunk)
+        if self.size <= self.limit:
+            return
+        if self.drop:
+            self.pending, self.size, self.dropped = [], 0, self.size
+            return
+        line = b"".join(self.pending)
+        *cut, rest = pieces(line, self.limit)
+        out += [(piece, True) for piece in cut]
+        self.pending, self.size = [rest], len(rest)
+
+    def finish(self, out):
+        """The line ends (at a newline, or at the end of the pipe)."""
+        if self.dropped:
+            out.append((None, self.dropped))
+        else:
+            out.append((b"".join(self.pending), False))
+        self.pending, self.size, self.dropped = [], 0, 0
+
+
+def pieces(data, limit):
+    """`data` in pieces of at most `limit` bytes, each cut where a UTF-8 character starts
+    (so that both sides decode whole), unless it is not UTF-8."""
+    out, start = [], 0
+    while len(data) - start > limit:
+        end = start + limit
+        for back in range(end, end - 4, -1):
+            if data[back] & 0xC0 != 0x80:  # not a continuation byte
+                end = back
+                break
+        out.append(data[start:end])
+        start = end
+    out.append(data[start:])
+    return out
+
+
 class Relay:
     """The task's output and messages, read from its two pipes, sent on to the master."""
 
@@ -518,39 +594,45 @@ class Relay:
         self.channel = channel
         self.lines = []
         self.size = 0
-        self.partial = {}
+        self.pipes = {"output": Lines(LINE_BYTES), "messages": Lines(MESSAGE_BYTES, drop=True)}
         self.outcome = None
 
     def feed(self, name, data):
         """Bytes from pipe `name` ("output" or "messages"); empty at its end."""
-        text = self.partial.pop(name, b"") + data
-        lines = text.split(b"\n")
-        if data:
-            self.partial[name] = lines.pop()
-        for raw in lines:
-            if not raw and not data:
-                continue
-            line = raw.decode("utf-8", "replace")
+        for raw, cut in self.pipes[name].feed(data):
             if name == "output":
-                self.log(line)
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:  # the task process died in the middle of a message
-                continue
-            self.message(message)
+                self.log(raw.decode("utf-8", "replace"), cut)
+            elif raw is None:
+                self.log(f"[dirt: a message of {cut} bytes from the task dropped: the most is "
+                         f"{MESSAGE_BYTES}]")
+            else:
+                try:
+                    message = json.loads(raw)
+                except ValueError:  # the task process died in the middle of a message
+                    continue
+                self.message(message)
 
     def message(self, message):
         kind = message[0]
         if kind in ("result", "error"):
             self.outcome = (kind, message[1])
         elif kind == "log":
-            self.log(message[1])
+            self.log(message[1], cut=message[2:] == [True])
         else:
             self.flush()
             self.channel.send(tuple(message))
 
-    def log(self, line):
+    def log(self, line, cut=False):
+        """A line of the log; one longer than LINE_BYTES (a ctx.log) goes in pieces. `cut`:
+        the line goes on in the next."""
+        if len(line) > LINE_BYTES // 4:  # in UTF-8, it may be longer than LINE_BYTES
+            *first, line = [raw.decode("utf-8", "replace") for raw in
+                            pieces(line.encode("utf-8", "replace"), LINE_BYTES)]
+            for piece in first:
+                self.add(piece + CUT_NOTE)
+        self.add(line + CUT_NOTE if cut else line)
+
+    def add(self, line):
         self.lines.append(line)
         self.size += len(line) + 1
         if self.size >= FLUSH_BYTES:
