@@ -1,22 +1,30 @@
-"""The keeper of a task process on a host: whatever a task starts ends with it. Standard library
-only.
+"""The keeper of task processes on a host: whatever a task starts ends with it. Standard
+library only.
 
-On Linux the process forked from the gateway for a task (or for a kept worker) makes itself a
-child subreaper (prctl PR_SET_CHILD_SUBREAPER) and forks the task process. Every process the
-task starts then stays below the keeper, whatever it does: a process whose parent ends is
-adopted by the keeper, not by init, also after a double fork into a session of its own. The
-keeper reaps those as they end; it ends them all when the task process asks (`sweep`, at the
-end of each run, before the master hears how the run ended) and when the task process ends;
-and it ends the task process, then the rest, when the runner asks (SIGTERM: a timeout, the
-master's kill) or when the gateway goes away. It ends as the task process ended (its exit code,
-or killed by its signal), so the runner reads the keeper's exit as the task's.
+On Linux a keeper is forked from the gateway; it makes itself a child subreaper (prctl
+PR_SET_CHILD_SUBREAPER) and forks the task processes: one for each run it is given (`serve`,
+the default), or one kept worker that serves the runs of a REUSE_PROCESS module (`keep`).
+Every process a task starts then stays below the keeper, whatever it does: a process whose
+parent ends is adopted by the keeper, not by init, also after a double fork into a session of
+its own. The keeper reaps those as they end. It ends them all when the task process asks
+(`sweep`, at the end of each run, before the master hears how the run ended) and when the task
+process ends; it ends the task process, then the rest, and itself, when the runner asks
+(SIGTERM: a timeout, the master's kill) or when the gateway goes away. It exits as its last
+task process ended (its exit code, or killed by its signal), so the runner reads the keeper's
+exit as the task's.
 
-Where a process cannot adopt its orphans (not Linux), `can_keep()` says so and there is no
-keeper: remote_runner.py ends the task process's session instead.
+A keeper serves one run at a time, and many runs one after the other: a run costs one fork,
+as it did without keepers, not two. It is a fork of the gateway, and every Python object it
+touches after a fork costs a copied page, so it waits with sigtimedwait and reads /proc with
+plain os calls.
+
+Where a process cannot adopt its orphans (not Linux), `can_keep()` says so and there are no
+keepers: remote_runner.py ends the task process's session instead.
 """
 
+import fcntl
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -26,9 +34,11 @@ PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 PR_GET_CHILD_SUBREAPER = 37
 POLL_SECONDS = 0.2  # how often the keeper looks whether its gateway is still there
 SWEEP_SECONDS = 10.0  # a process that cannot die (stuck in the kernel) is left after this
-HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
-
-
+# signals as plain numbers: the enum's members would be more objects touched in the keeper
+SWEEP = int(signal.SIGUSR1)  # the task process asks for a sweep, the keeper answers on a pipe
+STOP = (int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP))  # end the task
+WAITED = (int(signal.SIGCHLD), SWEEP, *STOP)  # blocked in the keeper, for sigtimedwait
+MAX_FD = max(os.sysconf("SC_OPEN_MAX"), 65536) if hasattr(os, "sysconf") else 65536
 LIBC = []  # the C library, once loaded (in the gateway: forks inherit it)
 
 
@@ -51,36 +61,41 @@ def prctl(option, value=0):
 
 def can_keep():
     """Can a keeper adopt its task's orphans on this host, and find them? (Linux 3.5 on: a
-    child subreaper, and each process's children listed in /proc.)"""
-    if not sys.platform.startswith("linux"):
+    child subreaper, and each process's children listed in /proc.) Loads what the keepers
+    need, once, in the gateway."""
+    if not sys.platform.startswith("linux") or not hasattr(signal, "sigtimedwait"):
         return False
-    listed = os.path.exists("/proc/{0}/task/{0}/children".format(os.getpid()))
+    listed = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
     return listed and prctl(PR_GET_CHILD_SUBREAPER, None) is not None
+
+
+def read(path):
+    """A small file of /proc, b"" when it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def children(pid):
     """The pids of the children of `pid` (each of its threads has its own)."""
-    found = []
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return found
-    for tid in threads:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found += [int(p) for p in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return found
+        return []
+    return [int(p) for tid in threads for p in read(f"/proc/{pid}/task/{tid}/children").split()]
 
 
 def alive(pid):
     """Is the process there, and not a zombie?"""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    stat = read(f"/proc/{pid}/stat")
+    return bool(stat) and stat.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
 
 
 def below(pid, spare=None):
@@ -103,78 +118,100 @@ def kill(pid):
 
 
 class Keeper:
-    """Keeps one task process (see the module's docstring), in the process forked for it."""
+    """A keeper (see the module's docstring), in the process forked for it."""
 
     def __init__(self, parent):
-        self.parent = parent  # the gateway: when it goes away, the task ends
-        self.child = None
-        self.status = None  # the task process's wait status, once it ended
+        self.parent = parent  # the gateway: when it goes away, the tasks end
+        self.child = None  # the task process now running
+        self.status = None  # how the last one ended (a wait status)
         self.stopping = False
+        self.answer = None  # the pipe the keeper answers sweeps on
 
-    def run(self, start_child):
-        """Fork the task process, which runs `start_child(control)` (a socket to `sweep`
-        on) and never returns, then keep it. Never returns: exits as the task process
-        did."""
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
-        wake_read, wake_write = os.pipe()
-        mine, theirs = socket.socketpair()
-        selector = selectors.DefaultSelector()
-        selector.register(wake_read, selectors.EVENT_READ)
-        selector.register(mine, selectors.EVENT_READ)
-        previous = {number: signal.getsignal(number) for number in HANDLED}
-        os.set_blocking(wake_write, False)
-        signal.set_wakeup_fd(wake_write)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.child = os.fork()
-        if self.child == 0:
-            signal.set_wakeup_fd(-1)
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-            start_child(theirs)  # closes what it does not need; never returns
-            os._exit(1)
-        keep_only(selector, wake_read, wake_write, mine)
+    def keep(self, start_child):
+        """Fork one task process, which runs `start_child(answers)` (a pipe for `sweep`)
+        and never returns, and keep it until it ends. Never returns."""
         try:
-            self.loop(selector, wake_read, mine)
-            self.sweep()
+            answers = self.begin()
+            self.fork(start_child, answers)
+            self.answer = keep_only(self.answer)[0]
+            self.watch()
         finally:
             self.exit()
 
-    def stop(self, *_):
-        """SIGTERM: the runner ends the task (its timeout, the master's kill)."""
-        self.stopping = True
-
-    def loop(self, selector, wake, control):
-        """Until the task process ended: reap what ends, answer the task's sweeps, end it
-        when asked to or when the gateway is gone."""
-        while True:
-            for key, _ in selector.select(POLL_SECONDS):
-                if key.fileobj is control:
-                    if not self.answer(control):
-                        selector.unregister(control)
-                    continue
-                try:
-                    os.read(wake, 512)
-                except BlockingIOError:
-                    pass
-            self.reap()
-            if self.status is not None:
-                return
-            if self.stopping or os.getppid() != self.parent:
-                kill(self.child)
-
-    def answer(self, control):
-        """End everything below but the task process, then say so. False once the task
-        process closed its end."""
+    def serve(self, sock, receive, start_run, runs, idle):
+        """Serve up to `runs` runs received on `sock` (`receive(sock)`: a job, its output
+        and messages pipes, or None), each in a task process of its own, which runs
+        `start_run(job, output, messages, answers, keeper pid)` and never returns. Ends when
+        the gateway lets it go or when idle for `idle` seconds. Never returns."""
         try:
-            if not control.recv(64):
-                return False
-            self.sweep(spare=self.child)
-            control.sendall(b"k")
-        except OSError:
-            return False
-        return True
+            answers = self.begin()
+            self.answer, answers, fd = keep_only(self.answer, answers, sock.detach())
+            sock = socket.socket(fileno=fd)
+            me = os.getpid()
+            for _ in range(runs):
+                received = self.next_run(sock, receive, idle)
+                if received is None:
+                    return
+                job, output, messages = received
+                self.fork(start_run, job, output, messages, answers, me)
+                os.close(output)
+                os.close(messages)
+                self.watch()
+                if self.stopping:
+                    return
+        finally:
+            self.exit()
+
+    def begin(self):
+        """Become a child subreaper, with the signals it waits for blocked; the pipe its task
+        processes get their sweeps' answers on."""
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        answers, self.answer = os.pipe()
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        return answers
+
+    def fork(self, start, *args):
+        """Fork a task process, which runs `start(*args)`."""
+        self.status = None
+        self.child = os.fork()
+        if self.child == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
+            os.close(self.answer)
+            start(*args)  # never returns
+            os._exit(1)
+
+    def next_run(self, sock, receive, idle):
+        """The next run from the gateway, or None: let go, idle too long, asked to stop (a
+        late kill of the run before) or the gateway is gone."""
+        give_up = time.monotonic() + idle
+        while True:
+            if signal.sigtimedwait(STOP, 0) is not None or os.getppid() != self.parent:
+                self.stopping = True
+                return None
+            self.reap()
+            if select.select([sock], [], [], POLL_SECONDS)[0]:
+                return receive(sock)
+            if time.monotonic() > give_up:
+                return None
+
+    def watch(self):
+        """Until the task process ended: reap what ends, answer its sweeps, end it when
+        asked to or when the gateway is gone. Then end all it left."""
+        while self.status is None:
+            got = signal.sigtimedwait(WAITED, POLL_SECONDS)
+            if got is not None and got.si_signo == SWEEP:
+                self.sweep(spare=self.child)
+                try:
+                    os.write(self.answer, b"k")
+                except OSError:
+                    pass  # the task process is gone
+            elif got is not None and got.si_signo in STOP:
+                self.stopping = True
+            self.reap()
+            if self.status is None and (self.stopping or os.getppid() != self.parent):
+                self.stopping = True
+                kill(self.child)
+        self.sweep()
 
     def reap(self):
         """Reap every child that ended: adopted leftovers, and the task process."""
@@ -203,10 +240,10 @@ class Keeper:
             time.sleep(0.002)
 
     def exit(self):
-        """End as the task process ended: its exit code, or killed by its signal."""
+        """End as the last task process ended: its exit code, or killed by its signal."""
         status = self.status
         if status is None:
-            os._exit(1)
+            os._exit(0 if self.child is None else 1)
         if not os.WIFSIGNALED(status):
             os._exit(os.waitstatus_to_exitcode(status))
         number = os.WTERMSIG(status)
@@ -222,33 +259,34 @@ class Keeper:
         os._exit(128 + number)
 
 
-def keep_only(selector, *fds):
-    """In the keeper: its standard streams to /dev/null and every other inherited descriptor
-    closed (the task's pipes, the gateway's connection), so that only the task holds them."""
+def keep_only(*fds):
+    """In the keeper: its standard streams to /dev/null and every inherited descriptor
+    closed (the task's pipes, the gateway's connection) so that only the task holds them,
+    but `fds`, which it returns as 3, 4..."""
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    keep = {0, 1, 2, selector.fileno(), *[fd if isinstance(fd, int) else fd.fileno() for fd in fds]}
-    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]  # out of the way of 0..n
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    for target, fd in enumerate(high, start=3):
+        os.dup2(fd, target)
+    os.closerange(3 + len(fds), MAX_FD)  # one close_range(2) on Linux 5.9 on
+    return list(range(3, 3 + len(fds)))
 
 
-def sweep(control):
-    """In the task process, at the end of a run: ask its keeper to end everything the run
-    started, and wait until it has."""
+def sweep(keeper, answers):
+    """In the task process, at the end of a run: ask its keeper (pid `keeper`, which answers
+    on the pipe `answers`) to end everything the run started, and wait until it has."""
+    if os.getppid() != keeper:
+        return  # the keeper is gone: nothing to ask
+    os.set_blocking(answers, False)
     try:
-        control.setblocking(False)
-        try:
-            while control.recv(64):  # answers to sweeps the task's own code asked for
-                pass
-        except BlockingIOError:
+        while os.read(answers, 64):  # answers to sweeps the task's own code asked for
             pass
-        control.setblocking(True)
-        control.sendall(b"s")
-        control.recv(1)
+    except BlockingIOError:
+        pass
+    os.set_blocking(answers, True)
+    try:
+        os.kill(keeper, SWEEP)
+        os.read(answers, 1)  # empty if the keeper ended meanwhile
     except OSError:
-        pass  # the keeper is gone: nothing to ask
+        pass

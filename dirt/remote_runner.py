@@ -162,14 +162,14 @@ def keeper():
 def kept(parent, start):
     """In a process just forked from the gateway: where the host can keep a task's
     processes, become the keeper (remote_keeper.py) of a new process that runs
-    `start(control, keeper_pid)`; else run `start(None, parent)` in this one. Never
-    returns."""
+    `start(answers, keeper_pid)` (see remote_keeper.sweep); else run `start(None, parent)`
+    in this one. Never returns."""
     keeping = keeper()
     if keeping is None:
         start(None, parent)
     os.setsid()  # the keeper's own, away from the gateway's terminal
     keeper_pid = os.getpid()
-    keeping["Keeper"](parent).run(lambda control: start(control, keeper_pid))
+    keeping["Keeper"](parent).keep(lambda answers: start(answers, keeper_pid))
 
 
 def end_process(pid, keeping):
@@ -206,7 +206,8 @@ def become_task_process(out_write, msg_write, keep=()):
 
 
 class TaskProcess:
-    """The task's process: `pid`, the read ends of its output and of its messages pipe.
+    """The task's process where the host has no keepers (remote_keeper.py): `pid`, the read
+    ends of its output and of its messages pipe.
 
     Forked from this gateway process where the host can fork (about a millisecond instead of a
     new interpreter's tens); else started as a new interpreter.
@@ -217,16 +218,17 @@ class TaskProcess:
         msg_read, msg_write = os.pipe()
         self.returncode = None
         self.process = None
-        self.kept = False
         if hasattr(os, "fork"):
             try:
                 load_child()["compiled"](job)  # once here, not in every forked process
             except SyntaxError:
                 pass  # the task process reports it, with the task's traceback
-            self.kept = keeper() is not None
             self.pid = os.fork()
             if self.pid == 0:
-                self._run_forked(job, out_write, msg_write)
+                try:
+                    run_task(job, out_write, msg_write, None, job["parent"])
+                finally:
+                    os._exit(1)
         else:
             self.process = subprocess.Popen(
                 [sys.executable, "-u", "-c", CHILD_SOURCE],
@@ -241,39 +243,6 @@ class TaskProcess:
         os.close(msg_write)
         self.output = out_read
         self.messages = msg_read
-
-    @staticmethod
-    def _run_forked(job, out_write, msg_write):
-        """In the forked child: the task's keeper, whose child runs the task, or the task
-        process itself where the host has no keepers. Never returns."""
-        try:
-            kept(job["parent"], lambda control, parent: TaskProcess._run_task(
-                job, out_write, msg_write, control, parent))
-        finally:
-            os._exit(1)
-
-    @staticmethod
-    def _run_task(job, out_write, msg_write, control, parent):
-        """In the task process: set up, run the task, end what it started. Never returns."""
-        code = 1
-        try:
-            become_task_process(out_write, msg_write, keep=() if control is None else
-                                (control.fileno(),))
-            if control is not None:
-                control.detach()  # now fd 4
-            CHILD["run_job"](dict(job, message_fd=3, parent=parent))
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if control is not None:
-                KEEPER["sweep"](socket.socket(fileno=4))
-            os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
-            if control is None:  # no keeper: end what stayed in its session, and itself
-                os.killpg(0, signal.SIGKILL)
-            code = 0
-        except BaseException:  # dirt's own fault before the task ran: into the task's log
-            traceback.print_exc()
-        finally:
-            os._exit(code)
 
     def poll(self):
         """The exit code (negative: the signal) once the process ended, else None."""
@@ -295,12 +264,33 @@ class TaskProcess:
         return self.returncode
 
     def kill(self):
-        """End the task and everything it started."""
+        """Kill the task and everything it started (its session)."""
         if self.returncode is None:
-            end_process(self.pid, self.kept)
+            kill_session(self.pid)
 
     def done(self, outcome):
         """After the run: nothing to keep (see WorkerRun.done)."""
+
+
+def run_task(job, out_write, msg_write, answers, parent):
+    """In a task process forked from the gateway (no keeper: `answers` None) or from its
+    keeper: set up, run the task, end what it started, exit. Never returns."""
+    code = 1
+    try:
+        become_task_process(out_write, msg_write, keep=() if answers is None else
+                            (answers,))  # as fd 4
+        CHILD["run_job"](dict(job, message_fd=3, parent=parent))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if answers is None:  # no keeper: end what stayed in its session, and itself
+            os.killpg(0, signal.SIGKILL)
+        KEEPER["sweep"](parent, 4)
+        os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
+        code = 0
+    except BaseException:  # dirt's own fault before the task ran: into the task's log
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def kill_session(pid):
@@ -313,14 +303,17 @@ def kill_session(pid):
 
 
 class Worker:
-    """A task process kept for further runs of one task module (its REUSE_PROCESS): forked
-    once, it then gets each run's job, and that run's output and messages pipes, over a unix
-    socket (remote_child.serve). Ending a run closes the pipes; the process waits for the
-    next. A run that is killed (timeout, fence) ends the worker with it."""
+    """A process that serves runs, forked once: it gets each run's job, and that run's output
+    and messages pipes, over a unix socket. Either a task process kept for further runs of one
+    task module (its REUSE_PROCESS), which runs them itself (remote_child.serve) under its
+    keeper where the host has keepers; or (`fresh`) a keeper that runs each in a task process
+    forked for it (remote_keeper.Keeper.serve). Ending a run closes the pipes; the process
+    waits for the next. A run that is killed (timeout, fence) ends the worker with it."""
 
     IDLE_SECONDS = 60.0  # an idle worker is let go after this
+    FRESH_RUNS = 1000  # then a keeper is let go: it caches the code of the modules it ran
 
-    def __init__(self, key, runs, parent):
+    def __init__(self, key, runs, parent, fresh=False):
         load_child()
         mine, theirs = socket.socketpair()
         self.kept = keeper() is not None
@@ -328,7 +321,11 @@ class Worker:
         if self.pid == 0:
             try:
                 mine.close()
-                kept(parent, lambda control, parent: Worker._serve(theirs, control, parent,
+                if fresh:
+                    os.setsid()  # the keeper's own, away from the gateway's terminal
+                    KEEPER["Keeper"](parent).serve(theirs, Worker._receive, run_task, runs,
+                                                   idle=Worker.IDLE_SECONDS + 30)
+                kept(parent, lambda answers, parent: Worker._serve(theirs, answers, parent,
                                                                     runs))
             finally:
                 os._exit(1)
@@ -341,18 +338,15 @@ class Worker:
         self.returncode = None
 
     @staticmethod
-    def _serve(sock, control, parent, runs):
+    def _serve(sock, answers, parent, runs):
         """In the worker process: serve runs until let go. Never returns."""
         code = 1
         try:
             null = os.open(os.devnull, os.O_WRONLY)  # between runs
-            keep = (sock.fileno(),) if control is None else (sock.fileno(), control.fileno())
-            become_task_process(null, null, keep=keep)
+            keep = (sock.fileno(),) if answers is None else (sock.fileno(), answers)
+            become_task_process(null, null, keep=keep)  # as fd 4 (and 5)
             sock.detach()
-            end_run = None
-            if control is not None:
-                control.detach()
-                end_run = Worker.sweeper(socket.socket(fileno=5))
+            end_run = None if answers is None else Worker.sweeper(parent, 5)
             CHILD["serve"](socket.socket(fileno=4), parent, runs,
                            idle=Worker.IDLE_SECONDS + 30,  # the runner lets go first
                            end_run=end_run)
@@ -363,11 +357,23 @@ class Worker:
             os._exit(code)
 
     @staticmethod
-    def sweeper(control):
+    def _receive(sock):
+        """In a keeper serving fresh task processes: the next run, its module compiled here
+        so that the task processes forked for its later runs find it compiled."""
+        received = CHILD["receive"](sock)
+        if received is not None:
+            try:
+                CHILD["compiled"](received[0])
+            except SyntaxError:
+                pass  # the task process reports it, with the task's traceback
+        return received
+
+    @staticmethod
+    def sweeper(keeper_pid, answers):
         """What the worker does at the end of each run: its keeper ends everything the run
         started; the worker reaps those that were its own children."""
         def end_run():
-            KEEPER["sweep"](control)
+            KEEPER["sweep"](keeper_pid, answers)
             try:
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
@@ -406,14 +412,18 @@ class Worker:
             RETIRED.append(self)
 
 
-WORKERS = {}  # (task, source digest) -> idle workers
+WORKERS = {}  # (task, source digest) or FRESH -> idle workers
+FRESH = ("", "keepers")  # the pool of keepers that run each run in a fresh task process
 RETIRED = []  # let go, not reaped yet
 WORKERS_LOCK = threading.Lock()
 
 
 def take_worker(job):
-    """An idle worker for this task module, or a new one."""
-    key = (job["task"], hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
+    """An idle worker for this task module (REUSE_PROCESS), or an idle keeper to run it in a
+    task process of its own; or a new one."""
+    fresh = job.get("reuse", 1) <= 1
+    key = FRESH if fresh else (job["task"],
+                               hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
     now = time.monotonic()
     expired = []
     with WORKERS_LOCK:
@@ -429,7 +439,10 @@ def take_worker(job):
         worker = idle.pop() if idle else None
     for w in expired:
         w.retire()
-    return worker or Worker(key, job["reuse"], job["parent"])
+    if worker is None:
+        runs = Worker.FRESH_RUNS if fresh else job["reuse"]
+        worker = Worker(key, runs, job["parent"], fresh=fresh)
+    return worker
 
 
 def keep_worker(worker):
@@ -493,9 +506,11 @@ class WorkerRun:
 
 
 def start_process(job):
-    """The process for one run: a kept worker where the task module asks for reuse and the
-    host can fork and pass descriptors, else a process of its own."""
-    if job.get("reuse", 1) > 1 and hasattr(os, "fork") and hasattr(socket, "send_fds"):
+    """The process for one run: where the host can fork and pass descriptors, a kept worker
+    if the task module asks for reuse, else a process of its own forked by a keeper where
+    the host has keepers; else a process of its own."""
+    if hasattr(os, "fork") and hasattr(socket, "send_fds") and (
+            job.get("reuse", 1) > 1 or keeper() is not None):
         return WorkerRun(take_worker(job), job)
     return TaskProcess(job)
 
