@@ -23,6 +23,7 @@ import types
 
 MESSAGES = None
 LINE_BYTES = 64 * 1024  # ctx.run reads a line in pieces of at most this (the runner's too)
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"  # the runner's too
 
 
 def send(kind, *payload):
@@ -69,7 +70,7 @@ class Context:
             cut = len(raw) == LINE_BYTES and not raw.endswith(b"\n")  # the rest comes next
             text = decoder.decode(raw, final=not cut)  # a cut may split a character
             if cut:
-                send("log", text, True)
+                send("log", text + CUT_NOTE)
             else:
                 send("log", text[:-1] if text.endswith("\n") else text)
         return process.wait()

@@ -6,17 +6,18 @@ PR_SET_CHILD_SUBREAPER) and forks the task processes: one for each run it is giv
 the default), or one kept worker that serves the runs of a REUSE_PROCESS module (`keep`).
 Every process a task starts then stays below the keeper, whatever it does: a process whose
 parent ends is adopted by the keeper, not by init, also after a double fork into a session of
-its own. The keeper reaps those as they end. It ends them all when the task process asks
-(`sweep`, at the end of each run, before the master hears how the run ended) and when the task
-process ends; it ends the task process, then the rest, and itself, when the runner asks
-(SIGTERM: a timeout, the master's kill) or when the gateway goes away. It exits as its last
-task process ended (its exit code, or killed by its signal), so the runner reads the keeper's
-exit as the task's.
+its own. The keeper reaps those as they end. At the end of each run, before the master hears
+how it ended, the task process ends everything below its keeper but itself (`sweep`); the
+keeper does the same when the task process ended (a crash, or threads of the task that were
+still starting processes). It ends the task process, then the rest, and itself, when the
+runner asks (SIGTERM: a timeout, the master's kill) or when the gateway goes away. It exits as
+its last task process ended (its exit code, or killed by its signal), so the runner reads the
+keeper's exit as the task's.
 
 A keeper serves one run at a time, and many runs one after the other: a run costs one fork,
-as it did without keepers, not two. It is a fork of the gateway, and every Python object it
-touches after a fork costs a copied page, so it waits with sigtimedwait and reads /proc with
-plain os calls.
+as it did without keepers, not two. It is a fork of the gateway, and every Python object a
+fork touches costs it a copied page: the keeper waits with sigtimedwait, both read /proc with
+plain os calls, and the task process sweeps by itself instead of asking the keeper.
 
 Where a process cannot adopt its orphans (not Linux), `can_keep()` says so and there are no
 keepers: remote_runner.py ends the task process's session instead.
@@ -35,9 +36,8 @@ PR_GET_CHILD_SUBREAPER = 37
 POLL_SECONDS = 0.2  # how often the keeper looks whether its gateway is still there
 SWEEP_SECONDS = 10.0  # a process that cannot die (stuck in the kernel) is left after this
 # signals as plain numbers: the enum's members would be more objects touched in the keeper
-SWEEP = int(signal.SIGUSR1)  # the task process asks for a sweep, the keeper answers on a pipe
 STOP = (int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP))  # end the task
-WAITED = (int(signal.SIGCHLD), SWEEP, *STOP)  # blocked in the keeper, for sigtimedwait
+WAITED = (int(signal.SIGCHLD), *STOP)  # blocked in the keeper, for sigtimedwait
 MAX_FD = max(os.sysconf("SC_OPEN_MAX"), 65536) if hasattr(os, "sysconf") else 65536
 LIBC = []  # the C library, once loaded (in the gateway: forks inherit it)
 
@@ -125,15 +125,14 @@ class Keeper:
         self.child = None  # the task process now running
         self.status = None  # how the last one ended (a wait status)
         self.stopping = False
-        self.answer = None  # the pipe the keeper answers sweeps on
 
     def keep(self, start_child):
-        """Fork one task process, which runs `start_child(answers)` (a pipe for `sweep`)
-        and never returns, and keep it until it ends. Never returns."""
+        """Fork one task process, which runs `start_child(keeper pid)` and never returns,
+        and keep it until it ends. Never returns."""
         try:
-            answers = self.begin()
-            self.fork(start_child, answers)
-            self.answer = keep_only(self.answer)[0]
+            self.begin()
+            self.fork(start_child, os.getpid())
+            keep_only()
             self.watch()
         finally:
             self.exit()
@@ -141,11 +140,11 @@ class Keeper:
     def serve(self, sock, receive, start_run, runs, idle):
         """Serve up to `runs` runs received on `sock` (`receive(sock)`: a job, its output
         and messages pipes, or None), each in a task process of its own, which runs
-        `start_run(job, output, messages, answers, keeper pid)` and never returns. Ends when
-        the gateway lets it go or when idle for `idle` seconds. Never returns."""
+        `start_run(job, output, messages, keeper pid)` and never returns. Ends when the
+        gateway lets it go or when idle for `idle` seconds. Never returns."""
         try:
-            answers = self.begin()
-            self.answer, answers, fd = keep_only(self.answer, answers, sock.detach())
+            self.begin()
+            (fd,) = keep_only(sock.detach())
             sock = socket.socket(fileno=fd)
             me = os.getpid()
             for _ in range(runs):
@@ -153,7 +152,7 @@ class Keeper:
                 if received is None:
                     return
                 job, output, messages = received
-                self.fork(start_run, job, output, messages, answers, me)
+                self.fork(start_run, job, output, messages, me)
                 os.close(output)
                 os.close(messages)
                 self.watch()
@@ -163,12 +162,9 @@ class Keeper:
             self.exit()
 
     def begin(self):
-        """Become a child subreaper, with the signals it waits for blocked; the pipe its task
-        processes get their sweeps' answers on."""
+        """Become a child subreaper, with the signals it waits for blocked."""
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        answers, self.answer = os.pipe()
         signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
-        return answers
 
     def fork(self, start, *args):
         """Fork a task process, which runs `start(*args)`."""
@@ -176,7 +172,6 @@ class Keeper:
         self.child = os.fork()
         if self.child == 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
-            os.close(self.answer)
             start(*args)  # never returns
             os._exit(1)
 
@@ -195,17 +190,11 @@ class Keeper:
                 return None
 
     def watch(self):
-        """Until the task process ended: reap what ends, answer its sweeps, end it when
-        asked to or when the gateway is gone. Then end all it left."""
+        """Until the task process ended: reap what ends, end it when asked to or when the
+        gateway is gone. Then end all it left."""
         while self.status is None:
             got = signal.sigtimedwait(WAITED, POLL_SECONDS)
-            if got is not None and got.si_signo == SWEEP:
-                self.sweep(spare=self.child)
-                try:
-                    os.write(self.answer, b"k")
-                except OSError:
-                    pass  # the task process is gone
-            elif got is not None and got.si_signo in STOP:
+            if got is not None and got.si_signo in STOP:
                 self.stopping = True
             self.reap()
             if self.status is None and (self.stopping or os.getppid() != self.parent):
@@ -225,19 +214,9 @@ class Keeper:
             if pid == self.child:
                 self.status = status
 
-    def sweep(self, spare=None):
-        """SIGKILL every process below the keeper but `spare`, until none is left: the
-        child of a process that forks meanwhile is found in the next round, and the children
-        of the killed come to the keeper, which reaps them."""
-        give_up = time.monotonic() + SWEEP_SECONDS
-        while True:
-            left = below(os.getpid(), spare)
-            for pid in left:
-                kill(pid)
-            self.reap()
-            if not left or time.monotonic() > give_up:
-                return
-            time.sleep(0.002)
+    def sweep(self):
+        """End every process below the keeper, reaping them."""
+        end_all(os.getpid(), reap=self.reap)
 
     def exit(self):
         """End as the last task process ended: its exit code, or killed by its signal."""
@@ -273,20 +252,30 @@ def keep_only(*fds):
     return list(range(3, 3 + len(fds)))
 
 
-def sweep(keeper, answers):
-    """In the task process, at the end of a run: ask its keeper (pid `keeper`, which answers
-    on the pipe `answers`) to end everything the run started, and wait until it has."""
+def end_all(keeper, spare=None, reap=None):
+    """SIGKILL every process below `keeper` but `spare`, until none is left: the child of a
+    process that forks meanwhile is found in the next round, and the children of the killed
+    come to the keeper, which reaps them (`reap`, in the keeper)."""
+    give_up = time.monotonic() + SWEEP_SECONDS
+    while True:
+        left = below(keeper, spare)
+        for pid in left:
+            kill(pid)
+        if reap is not None:
+            reap()
+        if not left or time.monotonic() > give_up:
+            return
+        time.sleep(0.001)
+
+
+def sweep(keeper):
+    """In a task process, at the end of a run: end everything its keeper (pid `keeper`) has
+    below it but this process, then reap what were its own children."""
     if os.getppid() != keeper:
-        return  # the keeper is gone: nothing to ask
-    os.set_blocking(answers, False)
+        return  # the keeper is gone: this process ends too (remote_child.watch_parent)
+    end_all(keeper, spare=os.getpid())
     try:
-        while os.read(answers, 64):  # answers to sweeps the task's own code asked for
+        while os.waitpid(-1, os.WNOHANG)[0]:
             pass
-    except BlockingIOError:
-        pass
-    os.set_blocking(answers, True)
-    try:
-        os.kill(keeper, SWEEP)
-        os.read(answers, 1)  # empty if the keeper ended meanwhile
-    except OSError:
+    except ChildProcessError:
         pass

@@ -31,7 +31,7 @@ KEEPER = None  # remote_keeper.py's namespace where this host can keep task proc
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
 LINE_BYTES = 64 * 1024  # a longer log line is cut into lines of this size (remote_child's too)
-CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"  # remote_child's too
 MESSAGE_BYTES = 32 * 1024 * 1024  # a longer message is dropped (artifacts: 16 MB in all)
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
 KEEP_RESULTS_SECONDS = 7 * 24 * 3600
@@ -162,14 +162,12 @@ def keeper():
 def kept(parent, start):
     """In a process just forked from the gateway: where the host can keep a task's
     processes, become the keeper (remote_keeper.py) of a new process that runs
-    `start(answers, keeper_pid)` (see remote_keeper.sweep); else run `start(None, parent)`
-    in this one. Never returns."""
+    `start(keeper pid)`; else run `start(None)` in this one. Never returns."""
     keeping = keeper()
     if keeping is None:
-        start(None, parent)
+        start(None)
     os.setsid()  # the keeper's own, away from the gateway's terminal
-    keeper_pid = os.getpid()
-    keeping["Keeper"](parent).keep(lambda answers: start(answers, keeper_pid))
+    keeping["Keeper"](parent).keep(start)
 
 
 def end_process(pid, keeping):
@@ -226,7 +224,7 @@ class TaskProcess:
             self.pid = os.fork()
             if self.pid == 0:
                 try:
-                    run_task(job, out_write, msg_write, None, job["parent"])
+                    run_task(job, out_write, msg_write, None)
                 finally:
                     os._exit(1)
         else:
@@ -272,19 +270,19 @@ class TaskProcess:
         """After the run: nothing to keep (see WorkerRun.done)."""
 
 
-def run_task(job, out_write, msg_write, answers, parent):
-    """In a task process forked from the gateway (no keeper: `answers` None) or from its
-    keeper: set up, run the task, end what it started, exit. Never returns."""
+def run_task(job, out_write, msg_write, keeper_pid):
+    """In a task process forked from its keeper, or from the gateway where the host has
+    none (`keeper_pid` None): set up, run the task, end what it started, exit. Never
+    returns."""
     code = 1
     try:
-        become_task_process(out_write, msg_write, keep=() if answers is None else
-                            (answers,))  # as fd 4
-        CHILD["run_job"](dict(job, message_fd=3, parent=parent))
+        become_task_process(out_write, msg_write)
+        CHILD["run_job"](dict(job, message_fd=3, parent=keeper_pid or job["parent"]))
         sys.stdout.flush()
         sys.stderr.flush()
-        if answers is None:  # no keeper: end what stayed in its session, and itself
+        if keeper_pid is None:  # end what stayed in its session, and itself
             os.killpg(0, signal.SIGKILL)
-        KEEPER["sweep"](parent, 4)
+        KEEPER["sweep"](keeper_pid)
         os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
         code = 0
     except BaseException:  # dirt's own fault before the task ran: into the task's log
@@ -325,8 +323,8 @@ class Worker:
                     os.setsid()  # the keeper's own, away from the gateway's terminal
                     KEEPER["Keeper"](parent).serve(theirs, Worker._receive, run_task, runs,
                                                    idle=Worker.IDLE_SECONDS + 30)
-                kept(parent, lambda answers, parent: Worker._serve(theirs, answers, parent,
-                                                                    runs))
+                kept(parent, lambda keeper_pid: Worker._serve(theirs, keeper_pid or parent,
+                                                               keeper_pid is not None, runs))
             finally:
                 os._exit(1)
         theirs.close()
@@ -338,15 +336,15 @@ class Worker:
         self.returncode = None
 
     @staticmethod
-    def _serve(sock, answers, parent, runs):
-        """In the worker process: serve runs until let go. Never returns."""
+    def _serve(sock, parent, kept, runs):
+        """In the worker process: serve runs until let go. Never returns. Under a keeper
+        (`kept`: it is the `parent`), each run ends what it started."""
         code = 1
         try:
             null = os.open(os.devnull, os.O_WRONLY)  # between runs
-            keep = (sock.fileno(),) if answers is None else (sock.fileno(), answers)
-            become_task_process(null, null, keep=keep)  # as fd 4 (and 5)
+            become_task_process(null, null, keep=(sock.fileno(),))  # as fd 4
             sock.detach()
-            end_run = None if answers is None else Worker.sweeper(parent, 5)
+            end_run = (lambda: KEEPER["sweep"](parent)) if kept else None
             CHILD["serve"](socket.socket(fileno=4), parent, runs,
                            idle=Worker.IDLE_SECONDS + 30,  # the runner lets go first
                            end_run=end_run)
@@ -367,19 +365,6 @@ class Worker:
             except SyntaxError:
                 pass  # the task process reports it, with the task's traceback
         return received
-
-    @staticmethod
-    def sweeper(keeper_pid, answers):
-        """What the worker does at the end of each run: its keeper ends everything the run
-        started; the worker reaps those that were its own children."""
-        def end_run():
-            KEEPER["sweep"](keeper_pid, answers)
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0]:
-                    pass
-            except ChildProcessError:
-                pass
-        return end_run
 
     def poll(self):
         return self.wait(os.WNOHANG)
@@ -632,19 +617,21 @@ class Relay:
         if kind in ("result", "error"):
             self.outcome = (kind, message[1])
         elif kind == "log":
-            self.log(message[1], cut=message[2:] == [True])
+            self.log(message[1])
         else:
             self.flush()
             self.channel.send(tuple(message))
 
     def log(self, line, cut=False):
-        """A line of the log; one longer than LINE_BYTES (a ctx.log) goes in pieces. `cut`:
-        the line goes on in the next."""
+        """A line of the log; one longer than LINE_BYTES and its note (a ctx.log: ctx.run
+        cuts its lines itself) goes in pieces. `cut`: the line goes on in the next."""
         if len(line) > LINE_BYTES // 4:  # in UTF-8, it may be longer than LINE_BYTES
-            *first, line = [raw.decode("utf-8", "replace") for raw in
-                            pieces(line.encode("utf-8", "replace"), LINE_BYTES)]
-            for piece in first:
-                self.add(piece + CUT_NOTE)
+            data = line.encode("utf-8", "replace")
+            if len(data) > LINE_BYTES + len(CUT_NOTE):
+                *first, line = [raw.decode("utf-8", "replace") for raw in
+                                pieces(data, LINE_BYTES)]
+                for piece in first:
+                    self.add(piece + CUT_NOTE)
         self.add(line + CUT_NOTE if cut else line)
 
     def add(self, line):
