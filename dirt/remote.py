@@ -25,15 +25,17 @@ from dirt.shapes import Host
 log = logging.getLogger("dirt.remote")
 
 CHILD_SOURCE = (Path(__file__).parent / "remote_child.py").read_text()
+KEEPER_SOURCE = (Path(__file__).parent / "remote_keeper.py").read_text()
 RUNNER_SOURCE = Path(remote_runner.__file__).read_text()
 
 # The runner is installed once per gateway as a module; each task then costs a two-line
 # remote_exec instead of compiling the runner again.
 INSTALL_RUNNER = """
 import sys, threading, types
-source, child = channel.receive()
+source, child, keeper = channel.receive()
 module = types.ModuleType("dirt_remote_runner")
 module.CHILD_SOURCE = child
+module.KEEPER_SOURCE = keeper
 exec(compile(source, "dirt/remote_runner.py", "exec"), module.__dict__)
 sys.modules["dirt_remote_runner"] = module
 threading.Thread(target=module.prune_results, daemon=True).start()
@@ -159,7 +161,7 @@ class Gateway:
         gateway = self.gateway
         try:
             channel = gateway.remote_exec(INSTALL_RUNNER)
-            channel.send((RUNNER_SOURCE, CHILD_SOURCE))
+            channel.send((RUNNER_SOURCE, CHILD_SOURCE, KEEPER_SOURCE))
             channel.receive(timeout=timeout)
         except Exception as exc:
             self.close()

@@ -8,6 +8,7 @@ only: nothing is installed on hosts.
 """
 
 import base64
+import codecs
 import json
 import linecache
 import os
@@ -21,6 +22,8 @@ import traceback
 import types
 
 MESSAGES = None
+LINE_BYTES = 64 * 1024  # ctx.run reads a line in pieces of at most this (the runner's too)
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"  # the runner's too
 
 
 def send(kind, *payload):
@@ -65,8 +68,14 @@ class Context:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for raw in process.stdout:
-            self.log(raw.decode("utf-8", "replace").rstrip("\n"))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for raw in iter(lambda: process.stdout.readline(LINE_BYTES), b""):
+            cut = len(raw) == LINE_BYTES and not raw.endswith(b"\n")  # the rest comes next
+            text = decoder.decode(raw, final=not cut)  # a cut may split a character
+            if cut:
+                send("log", text + CUT_NOTE)
+            else:
+                send("log", text[:-1] if text.endswith("\n") else text)
         return process.wait()
 
 
@@ -129,10 +138,10 @@ def run_job(job, watch=True):
     send("result", result)
 
 
-def serve(sock, parent, runs, idle):
+def serve(sock, parent, runs, idle, end_run=None):
     """A kept worker (remote_runner.Worker): up to `runs` runs, each received on `sock` with
-    its output and messages pipes, which it closes when the run ends. Ends when idle for
-    `idle` seconds."""
+    its output and messages pipes, which it closes when the run ends, after `end_run()` (which
+    ends what the run started). Ends when idle for `idle` seconds."""
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
     sock.settimeout(idle)
     null = os.open(os.devnull, os.O_WRONLY)
@@ -154,6 +163,8 @@ def serve(sock, parent, runs, idle):
                     stream.flush()
                 except (OSError, ValueError):
                     pass
+            if end_run is not None:
+                end_run()
             try:
                 MESSAGES.close()  # fd 3: a second file object on it would close it later
             except OSError:

@@ -26,8 +26,13 @@ import traceback
 
 CHILD_SOURCE = globals().get("CHILD_SOURCE", "")  # set by the installer (remote.py)
 CHILD = None  # remote_child.py's namespace, loaded once in the gateway: forks inherit it
+KEEPER_SOURCE = globals().get("KEEPER_SOURCE", "")  # set by the installer too
+KEEPER = None  # remote_keeper.py's namespace where this host can keep task processes, else False
 FLUSH_SECONDS = 0.1  # how often log lines go to the master, batched
 FLUSH_BYTES = 256 * 1024
+LINE_BYTES = 64 * 1024  # a longer log line is cut into lines of this size (remote_child's too)
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"  # remote_child's too
+MESSAGE_BYTES = 32 * 1024 * 1024  # a longer message is dropped (artifacts: 16 MB in all)
 AFTER_EXIT_SECONDS = 1.0  # a task's own background processes may hold its pipes: stop then
 KEEP_RESULTS_SECONDS = 7 * 24 * 3600
 RESULTS = os.path.join(tempfile.gettempdir(), "dirt-results-{}".format(
@@ -143,26 +148,64 @@ def load_child():
     return CHILD
 
 
-def become_task_process(out_write, msg_write, keep=None):
+def keeper():
+    """remote_keeper.py's namespace where this host can keep a task's processes (Linux),
+    loaded once in the gateway; None where it cannot."""
+    global KEEPER
+    if KEEPER is None:
+        namespace = {"__name__": "dirt_task_keeper"}
+        exec(compile(KEEPER_SOURCE, "remote_keeper.py", "exec"), namespace)
+        KEEPER = namespace if namespace["can_keep"]() else False
+    return KEEPER or None
+
+
+def kept(parent, start):
+    """In a process just forked from the gateway: where the host can keep a task's
+    processes, become the keeper (remote_keeper.py) of a new process that runs
+    `start(keeper pid)`; else run `start(None)` in this one. Never returns."""
+    keeping = keeper()
+    if keeping is None:
+        start(None)
+    os.setsid()  # the keeper's own, away from the gateway's terminal
+    keeping["Keeper"](parent).keep(start)
+
+
+def end_process(pid, keeping):
+    """End a task process and everything it started: through its keeper (SIGTERM), or
+    SIGKILL its session where it has none."""
+    if keeping:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    else:
+        kill_session(pid)
+
+
+def become_task_process(out_write, msg_write, keep=()):
     """In a forked child: a session of its own, stdin from /dev/null, stdout and stderr to
-    the log pipe, the messages pipe as fd 3, descriptor `keep` as fd 4, nothing else of the
-    gateway's inherited."""
+    the log pipe, the messages pipe as fd 3, the descriptors `keep` as fd 4, 5..., nothing
+    else of the gateway's inherited."""
+    import fcntl  # where a host can fork, it has fcntl
+
     os.setsid()
+    sources = [out_write, msg_write, *keep]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in sources]  # out of the way of 0..n
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.dup2(out_write, 1)
-    os.dup2(out_write, 2)
-    os.dup2(msg_write, 3)
-    if keep is not None:
-        os.dup2(keep, 4)
-    close_inherited_fds(keep=3 if keep is None else 4)
+    os.dup2(high[0], 1)
+    os.dup2(high[0], 2)
+    for target, fd in enumerate(high[1:], start=3):
+        os.dup2(fd, target)
+    close_inherited_fds(keep=2 + len(high))
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
     sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
 
 
 class TaskProcess:
-    """The task's process: `pid`, the read ends of its output and of its messages pipe.
+    """The task's process where the host has no keepers (remote_keeper.py): `pid`, the read
+    ends of its output and of its messages pipe.
 
     Forked from this gateway process where the host can fork (about a millisecond instead of a
     new interpreter's tens); else started as a new interpreter.
@@ -180,7 +223,10 @@ class TaskProcess:
                 pass  # the task process reports it, with the task's traceback
             self.pid = os.fork()
             if self.pid == 0:
-                self._run_forked(job, out_write, msg_write)
+                try:
+                    run_task(job, out_write, msg_write, None)
+                finally:
+                    os._exit(1)
         else:
             self.process = subprocess.Popen(
                 [sys.executable, "-u", "-c", CHILD_SOURCE],
@@ -195,22 +241,6 @@ class TaskProcess:
         os.close(msg_write)
         self.output = out_read
         self.messages = msg_read
-
-    @staticmethod
-    def _run_forked(job, out_write, msg_write):
-        """In the forked child: set up as a task process, then the task. Never returns."""
-        code = 1
-        try:
-            become_task_process(out_write, msg_write)
-            CHILD["run_job"](dict(job, message_fd=3))
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
-            code = 0
-        except BaseException:  # dirt's own fault before the task ran: into the task's log
-            traceback.print_exc()
-        finally:
-            os._exit(code)
 
     def poll(self):
         """The exit code (negative: the signal) once the process ended, else None."""
@@ -240,6 +270,27 @@ class TaskProcess:
         """After the run: nothing to keep (see WorkerRun.done)."""
 
 
+def run_task(job, out_write, msg_write, keeper_pid):
+    """In a task process forked from its keeper, or from the gateway where the host has
+    none (`keeper_pid` None): set up, run the task, end what it started, exit. Never
+    returns."""
+    code = 1
+    try:
+        become_task_process(out_write, msg_write)
+        CHILD["run_job"](dict(job, message_fd=3, parent=keeper_pid or job["parent"]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if keeper_pid is None:  # end what stayed in its session, and itself
+            os.killpg(0, signal.SIGKILL)
+        KEEPER["sweep"](keeper_pid)
+        os.closerange(0, 4)  # the runner sees the run end now, not when the exit is done
+        code = 0
+    except BaseException:  # dirt's own fault before the task ran: into the task's log
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def kill_session(pid):
     """SIGKILL a task process and everything it started (its session)."""
     for kill_one in (os.killpg, os.kill):  # killpg fails until the child ran setsid()
@@ -250,30 +301,32 @@ def kill_session(pid):
 
 
 class Worker:
-    """A task process kept for further runs of one task module (its REUSE_PROCESS): forked
-    once, it then gets each run's job, and that run's output and messages pipes, over a unix
-    socket (remote_child.serve). Ending a run closes the pipes; the process waits for the
-    next. A run that is killed (timeout, fence) ends the worker with it."""
+    """A process that serves runs, forked once: it gets each run's job, and that run's output
+    and messages pipes, over a unix socket. Either a task process kept for further runs of one
+    task module (its REUSE_PROCESS), which runs them itself (remote_child.serve) under its
+    keeper where the host has keepers; or (`fresh`) a keeper that runs each in a task process
+    forked for it (remote_keeper.Keeper.serve). Ending a run closes the pipes; the process
+    waits for the next. A run that is killed (timeout, fence) ends the worker with it."""
 
     IDLE_SECONDS = 60.0  # an idle worker is let go after this
+    FRESH_RUNS = 1000  # then a keeper is let go: it caches the code of the modules it ran
 
-    def __init__(self, key, runs, parent):
+    def __init__(self, key, runs, parent, fresh=False):
         load_child()
         mine, theirs = socket.socketpair()
+        self.kept = keeper() is not None
         self.pid = os.fork()
         if self.pid == 0:
-            code = 1
             try:
                 mine.close()
-                null = os.open(os.devnull, os.O_WRONLY)  # between runs
-                become_task_process(null, null, keep=theirs.fileno())
-                CHILD["serve"](socket.socket(fileno=4), parent, runs,
-                               idle=Worker.IDLE_SECONDS + 30)  # the runner lets go first
-                code = 0
-            except BaseException:
-                traceback.print_exc()
+                if fresh:
+                    os.setsid()  # the keeper's own, away from the gateway's terminal
+                    KEEPER["Keeper"](parent).serve(theirs, Worker._receive, run_task, runs,
+                                                   idle=Worker.IDLE_SECONDS + 30)
+                kept(parent, lambda keeper_pid: Worker._serve(theirs, keeper_pid or parent,
+                                                               keeper_pid is not None, runs))
             finally:
-                os._exit(code)
+                os._exit(1)
         theirs.close()
         self.lock = threading.Lock()
         self.key = key
@@ -281,6 +334,37 @@ class Worker:
         self.runs_left = runs
         self.idle_since = None
         self.returncode = None
+
+    @staticmethod
+    def _serve(sock, parent, kept, runs):
+        """In the worker process: serve runs until let go. Never returns. Under a keeper
+        (`kept`: it is the `parent`), each run ends what it started."""
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)  # between runs
+            become_task_process(null, null, keep=(sock.fileno(),))  # as fd 4
+            sock.detach()
+            end_run = (lambda: KEEPER["sweep"](parent)) if kept else None
+            CHILD["serve"](socket.socket(fileno=4), parent, runs,
+                           idle=Worker.IDLE_SECONDS + 30,  # the runner lets go first
+                           end_run=end_run)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def _receive(sock):
+        """In a keeper serving fresh task processes: the next run, its module compiled here
+        so that the task processes forked for its later runs find it compiled."""
+        received = CHILD["receive"](sock)
+        if received is not None:
+            try:
+                CHILD["compiled"](received[0])
+            except SyntaxError:
+                pass  # the task process reports it, with the task's traceback
+        return received
 
     def poll(self):
         return self.wait(os.WNOHANG)
@@ -313,14 +397,18 @@ class Worker:
             RETIRED.append(self)
 
 
-WORKERS = {}  # (task, source digest) -> idle workers
+WORKERS = {}  # (task, source digest) or FRESH -> idle workers
+FRESH = ("", "keepers")  # the pool of keepers that run each run in a fresh task process
 RETIRED = []  # let go, not reaped yet
 WORKERS_LOCK = threading.Lock()
 
 
 def take_worker(job):
-    """An idle worker for this task module, or a new one."""
-    key = (job["task"], hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
+    """An idle worker for this task module (REUSE_PROCESS), or an idle keeper to run it in a
+    task process of its own; or a new one."""
+    fresh = job.get("reuse", 1) <= 1
+    key = FRESH if fresh else (job["task"],
+                               hashlib.sha256(job["source"].encode("utf-8")).hexdigest())
     now = time.monotonic()
     expired = []
     with WORKERS_LOCK:
@@ -336,7 +424,10 @@ def take_worker(job):
         worker = idle.pop() if idle else None
     for w in expired:
         w.retire()
-    return worker or Worker(key, job["reuse"], job["parent"])
+    if worker is None:
+        runs = Worker.FRESH_RUNS if fresh else job["reuse"]
+        worker = Worker(key, runs, job["parent"], fresh=fresh)
+    return worker
 
 
 def keep_worker(worker):
@@ -380,7 +471,7 @@ class WorkerRun:
 
     def _signal(self):
         if self.worker.poll() is None:
-            kill_session(self.pid)
+            end_process(self.pid, self.worker.kept)
 
     def done(self, outcome):
         """The run's pipes closed: keep the worker for the next run, or let it go. A run that
@@ -400,9 +491,11 @@ class WorkerRun:
 
 
 def start_process(job):
-    """The process for one run: a kept worker where the task module asks for reuse and the
-    host can fork and pass descriptors, else a process of its own."""
-    if job.get("reuse", 1) > 1 and hasattr(os, "fork") and hasattr(socket, "send_fds"):
+    """The process for one run: where the host can fork and pass descriptors, a kept worker
+    if the task module asks for reuse, else a process of its own forked by a keeper where
+    the host has keepers; else a process of its own."""
+    if hasattr(os, "fork") and hasattr(socket, "send_fds") and (
+            job.get("reuse", 1) > 1 or keeper() is not None):
         return WorkerRun(take_worker(job), job)
     return TaskProcess(job)
 
@@ -421,6 +514,79 @@ class Killer:
             self.process.kill()
 
 
+class Lines:
+    """Splits what a pipe gives into lines, in time linear in its size, keeping at most
+    `limit` bytes of an unfinished line: a longer line comes out in pieces of `limit` bytes
+    (cut at a character's start), or with `drop`, not at all."""
+
+    def __init__(self, limit, drop=False):
+        self.limit = limit
+        self.drop = drop
+        self.pending = []  # the unfinished line's chunks: joined once, when it ends
+        self.size = 0
+        self.dropped = 0  # bytes of the line being dropped
+
+    def feed(self, data):
+        """The lines `data` ends, as (bytes, cut) pairs; a dropped line is (None, its
+        size). Empty `data` is the end: an unfinished line comes out as it is."""
+        out = []
+        if not data:
+            if self.pending or self.dropped:
+                self.finish(out)
+            return out
+        parts = data.split(b"\n")
+        for part in parts[:-1]:
+            if self.pending or self.dropped or len(part) > self.limit:
+                self.add(part, out)
+                self.finish(out)
+            else:
+                out.append((part, False))
+        self.add(parts[-1], out)
+        return out
+
+    def add(self, chunk, out):
+        if not chunk:
+            return
+        if self.dropped:
+            self.dropped += len(chunk)
+            return
+        self.pending.append(chunk)
+        self.size += len(chunk)
+        if self.size <= self.limit:
+            return
+        if self.drop:
+            self.pending, self.size, self.dropped = [], 0, self.size
+            return
+        line = b"".join(self.pending)
+        *cut, rest = pieces(line, self.limit)
+        out += [(piece, True) for piece in cut]
+        self.pending, self.size = [rest], len(rest)
+
+    def finish(self, out):
+        """The line ends (at a newline, or at the end of the pipe)."""
+        if self.dropped:
+            out.append((None, self.dropped))
+        else:
+            out.append((b"".join(self.pending), False))
+        self.pending, self.size, self.dropped = [], 0, 0
+
+
+def pieces(data, limit):
+    """`data` in pieces of at most `limit` bytes, each cut where a UTF-8 character starts
+    (so that both sides decode whole), unless it is not UTF-8."""
+    out, start = [], 0
+    while len(data) - start > limit:
+        end = start + limit
+        for back in range(end, end - 4, -1):
+            if data[back] & 0xC0 != 0x80:  # not a continuation byte
+                end = back
+                break
+        out.append(data[start:end])
+        start = end
+    out.append(data[start:])
+    return out
+
+
 class Relay:
     """The task's output and messages, read from its two pipes, sent on to the master."""
 
@@ -428,27 +594,23 @@ class Relay:
         self.channel = channel
         self.lines = []
         self.size = 0
-        self.partial = {}
+        self.pipes = {"output": Lines(LINE_BYTES), "messages": Lines(MESSAGE_BYTES, drop=True)}
         self.outcome = None
 
     def feed(self, name, data):
         """Bytes from pipe `name` ("output" or "messages"); empty at its end."""
-        text = self.partial.pop(name, b"") + data
-        lines = text.split(b"\n")
-        if data:
-            self.partial[name] = lines.pop()
-        for raw in lines:
-            if not raw and not data:
-                continue
-            line = raw.decode("utf-8", "replace")
+        for raw, cut in self.pipes[name].feed(data):
             if name == "output":
-                self.log(line)
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:  # the task process died in the middle of a message
-                continue
-            self.message(message)
+                self.log(raw.decode("utf-8", "replace"), cut)
+            elif raw is None:
+                self.log(f"[dirt: a message of {cut} bytes from the task dropped: the most is "
+                         f"{MESSAGE_BYTES}]")
+            else:
+                try:
+                    message = json.loads(raw)
+                except ValueError:  # the task process died in the middle of a message
+                    continue
+                self.message(message)
 
     def message(self, message):
         """One message the task wrote (any JSON: the task may write anything on fd 3). Its
@@ -465,7 +627,19 @@ class Relay:
             self.flush()
             self.channel.send(transportable(tuple(message)))
 
-    def log(self, line):
+    def log(self, line, cut=False):
+        """A line of the log; one longer than LINE_BYTES and its note (a ctx.log: ctx.run
+        cuts its lines itself) goes in pieces. `cut`: the line goes on in the next."""
+        if len(line) > LINE_BYTES // 4:  # in UTF-8, it may be longer than LINE_BYTES
+            data = line.encode("utf-8", "replace")
+            if len(data) > LINE_BYTES + len(CUT_NOTE):
+                *first, line = [raw.decode("utf-8", "replace") for raw in
+                                pieces(data, LINE_BYTES)]
+                for piece in first:
+                    self.add(piece + CUT_NOTE)
+        self.add(line + CUT_NOTE if cut else line)
+
+    def add(self, line):
         self.lines.append(line)
         self.size += len(line) + 1
         if self.size >= FLUSH_BYTES:

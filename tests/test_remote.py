@@ -216,3 +216,102 @@ def test_kept_outcomes_are_let_go_a_day_at_a_time(gateway, tmp_path):
     assert gateway.collect(job.attempt_id) == ended
     assert gateway.collect("legacy") == ("result", {"success": True, "reason": "kept flat"})
     assert gateway.collect("never ran here") is None
+
+
+# -- long lines ---------------------------------------------------------------------------------
+
+LONG_LINES_TASK = r'''
+import os, sys
+
+
+def execute(ctx):
+    # the 2 bytes of "é" straddle the 64 KiB mark: the cut comes before them
+    os.write(1, b"a" * 65535 + "é".encode() + b"b" * 131072 + b"\nend of output\n")
+    ctx.log("c" * 100000)
+    ctx.run([sys.executable, "-c", "import sys; sys.stdout.write('d' * 70000 + '\\nafter\\n')"])
+    return {"success": True, "reason": ""}
+'''
+CUT_NOTE = " [dirt: line cut at 64 KiB, it goes on in the next]"
+
+
+def log_of(gateway, source: str, **args) -> tuple[tuple, list[str]]:
+    runs = Runs(gateway)
+    job = Job(task_id="task:r:long:linux", task="long", platform="linux", source=source,
+              record={"name": "r"}, args=args, timeout=120)
+    runs.messages[0] = []
+    runs.channels[0] = gateway.start(job, runs.events, 0)
+    ended = runs.wait(0, timeout=120)
+    return ended, runs.log(0).split("\n")
+
+
+def unwrap(lines: list[str]) -> list[str]:
+    """The lines as the task wrote them: each cut piece joined to the rest."""
+    whole, piece = [], ""
+    for line in lines:
+        if line.endswith(CUT_NOTE):
+            piece += line[: -len(CUT_NOTE)]
+        else:
+            whole.append(piece + line)
+            piece = ""
+    return whole
+
+
+def test_a_line_longer_than_64_kib_comes_in_marked_pieces_with_nothing_lost(gateway):
+    ended, lines = log_of(gateway, LONG_LINES_TASK)
+    assert ended[0] == "result", ended
+    assert max(len(ln.encode()) for ln in lines) <= 65536 + len(CUT_NOTE)
+    # cut before the "é" whose 2 bytes straddle the 64 KiB mark, not in its middle; the
+    # last piece ends the line, without a note
+    assert [ln for ln in lines if ln.startswith(("aaaa", "é", "bb"))] == [
+        "a" * 65535 + CUT_NOTE, "é" + "b" * 65534 + CUT_NOTE, "b" * 65536 + CUT_NOTE, "bb"]
+    assert [ln for ln in lines if ln.startswith("c")] == [
+        "c" * 65536 + CUT_NOTE, "c" * (100000 - 65536)]
+    assert [ln for ln in lines if ln.startswith("d")] == [
+        "d" * 65536 + CUT_NOTE, "d" * (70000 - 65536)]
+    whole = unwrap(lines)
+    assert "a" * 65535 + "é" + "b" * 131072 in whole
+    assert "c" * 100000 in whole
+    assert "d" * 70000 in whole
+    assert whole.index("end of output") > whole.index("a" * 65535 + "é" + "b" * 131072)
+    assert whole.index("after") > whole.index("d" * 70000)
+
+
+NO_NEWLINE_TASK = '''
+import os
+
+
+def execute(ctx):
+    chunk = b"x" * (1 << 20)
+    for _ in range(ctx.args["mb"]):
+        os.write(ctx.args["fd"], chunk)
+    if ctx.args["fd"] == 3:  # the end of that message
+        os.write(3, b"\\n")
+    return {"success": True, "reason": "wrote %d MB" % ctx.args["mb"]}
+'''
+
+
+def gateway_peak(gateway) -> int:
+    """The gateway process's peak memory (VmHWM), in bytes."""
+    status = gateway.gateway.remote_exec(
+        "channel.send(open('/proc/self/status').read())").receive(10)
+    (line,) = [ln for ln in status.splitlines() if ln.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
+def test_output_without_newlines_keeps_the_hosts_memory_bounded(gateway):
+    before = gateway_peak(gateway)
+    ended, lines = log_of(gateway, NO_NEWLINE_TASK, mb=48, fd=1)
+    assert ended == ("result", {"success": True, "reason": "wrote 48 MB"})
+    assert gateway_peak(gateway) - before < 16 << 20
+    assert len(lines) == 48 * 16 and all(ln.endswith(CUT_NOTE) for ln in lines[:-1])
+    assert sum(len(ln) for ln in unwrap(lines)) == 48 << 20
+
+
+def test_a_message_over_32_mb_is_dropped_with_a_note(gateway):
+    # the messages pipe (fd 3) carries artifacts of up to 16 MB in all, base64-encoded
+    before = gateway_peak(gateway)
+    ended, lines = log_of(gateway, NO_NEWLINE_TASK, mb=48, fd=3)
+    assert ended == ("result", {"success": True, "reason": "wrote 48 MB"})
+    assert gateway_peak(gateway) - before < 48 << 20
+    assert lines == [f"[dirt: a message of {48 << 20} bytes from the task dropped: the most "
+                     f"is {32 << 20}]"]

@@ -72,8 +72,9 @@ def test_remote_python_killed_requeues_on_the_other_host(tmp_path, couch_server,
         first_host = wait_for(lambda: task_docs(couch)[0]["host"], 10, "its host")
         wait_for(lambda: all(h["alive"] for h in client.list_hosts(couch)), 30,
                  "the other host to be up too")
-        target = pid if victim == "task process" else parent_of(pid)
-        if victim == "gateway python":  # the task process's parent: the execnet gateway
+        # the gateway: the parent of the task process's keeper (remote_keeper.py)
+        target = pid if victim == "task process" else parent_of(parent_of(pid))
+        if victim == "gateway python":
             assert "python" in Path(f"/proc/{target}/cmdline").read_text()
         os.kill(target, signal.SIGKILL)
         killed = time.monotonic()
